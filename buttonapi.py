@@ -16,11 +16,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import sys
+import time
 import unicodedata
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -53,6 +56,13 @@ class Config:
     cors_origins: str = _setting(
         "*", "BUTTONAPI_CORS_ORIGINS", "allowed browser origins, comma-separated, or *"
     )
+    login_limit_user: str = _setting(
+        "10/900", "BUTTONAPI_LOGIN_LIMIT_USER", "failed password checks per username: N/S or 0"
+    )
+    login_limit_addr: str = _setting(
+        "30/900", "BUTTONAPI_LOGIN_LIMIT_ADDR", "failed password checks per address: N/S or 0"
+    )
+    send_limit: str = _setting("20/10", "BUTTONAPI_SEND_LIMIT", "messages per user: N/S or 0")
     discord_token: str = _setting("", "DISCORD_TOKEN", "bot token; the bridge is off without it")
     discord_guild_id: int = _setting(0, "DISCORD_GUILD_ID", "guild whose text channels bridge")
     discord_channel_id: int = _setting(0, "DISCORD_CHANNEL_ID", "bridge channel for the feed")
@@ -72,13 +82,21 @@ class Config:
                 values[field.name] = int(raw) if field.type == "int" else str(raw)
             except ValueError:
                 raise SystemExit(f"{field.metadata['env']} must be a whole number") from None
-        return cls(**values)
+        config = cls(**values)
+        for field in dataclasses.fields(cls):
+            if field.name.endswith("_limit") or "_limit_" in field.name:
+                try:
+                    RateLimit.parse(getattr(config, field.name))
+                except ValueError:
+                    raise SystemExit(f"{field.metadata['env']} must be N/S or 0") from None
+        return config
 
 
 config_key = web.AppKey("config_key", Config)
 db_key = web.AppKey("db_key", db.Database)
 sio_key = web.AppKey("sio_key", socketio.AsyncServer)
 hasher_key = web.AppKey("hasher_key", "PasswordHasher")
+limits_key = web.AppKey("limits_key", "Limits")
 events_key = web.AppKey("events_key", "Events")
 
 
@@ -116,16 +134,25 @@ MAX_CHANNEL_NAME = 100
 
 
 class ApiError(Exception):
-    """An answer of the contract: `{"message": message}` with `status`."""
+    """An answer of the contract: `{"message": message, **extra}` with `status`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
+        self.extra = extra
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+def too_many(message: str, retry_after: int) -> ApiError:
+    """429 with how long to wait, in the body and in a Retry-After header."""
+    return ApiError(429, message, retry_after=retry_after)
+
+
+def error_response(status: int, message: str, **extra: Any) -> web.Response:
+    response = web.json_response({"message": message, **extra}, status=status)
+    if "retry_after" in extra:
+        response.headers["Retry-After"] = str(extra["retry_after"])
+    return response
 
 
 def ok(message: str, status: int = 200, **extra: Any) -> web.Response:
@@ -138,7 +165,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, **exc.extra)
     except web.HTTPException as exc:
         return error_response(exc.status, TRANSPORT_ERRORS.get(exc.status, exc.reason))
     except Exception:
@@ -226,15 +253,27 @@ def fields(body: dict[str, Any], *names: str) -> list[Any]:
     return values
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
 async def read_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # over client_max_size: 413
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurd nesting or numbers
         raise ApiError(400, BAD_BODY) from None
     if not isinstance(body, dict):
         raise ApiError(400, BAD_BODY)
     return body
+
+
+def ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only, as usernames and channel names compare (SQLite NOCASE)."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _has_control_or_space(text: str) -> bool:
@@ -271,6 +310,93 @@ def check_channel_name(name: str) -> None:
         or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name)
     ):
         raise ApiError(411, CHANNEL_NAME_LENGTH)
+
+
+# --- abuse limits -----------------------------------------------------------------------
+
+
+class RateLimit:
+    """At most `n` events per `seconds` for each key (a sliding window), in memory.
+
+    `take` reserves a slot at once, with no await between the check and the count, so
+    concurrent requests cannot slip past the limit together; `give_back` returns a slot that
+    turned out not to count (a password check that succeeded). Keys are kept for at most
+    `max_keys` (the oldest are forgotten first), so a flood of fresh keys cannot grow memory
+    without bound.
+    """
+
+    def __init__(self, spec: str, max_keys: int = 100_000) -> None:
+        self.n, self.seconds = self.parse(spec)
+        self.max_keys = max_keys
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    @staticmethod
+    def parse(spec: str) -> tuple[int, float]:
+        """`N/S` (N events per S seconds, both positive) or `0` (no limit: n = 0)."""
+        if spec.strip() == "0":
+            return 0, 0.0
+        n, _, seconds = spec.partition("/")
+        if not (n.strip().isdigit() and seconds.strip().isdigit()):
+            raise ValueError(spec)
+        if int(n) < 1 or int(seconds) < 1:
+            raise ValueError(spec)
+        return int(n), float(seconds)
+
+    def _window(self, key: str, now: float) -> deque[float]:
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+            if len(self._hits) > self.max_keys:
+                self._hits.popitem(last=False)
+        else:
+            self._hits.move_to_end(key)
+        while hits and hits[0] <= now - self.seconds:
+            hits.popleft()
+        return hits
+
+    def wait(self, key: str) -> int:
+        """Whole seconds until `key` may act again; 0 when it may act now."""
+        if not self.n:
+            return 0
+        now = time.monotonic()
+        hits = self._window(key, now)
+        if len(hits) < self.n:
+            return 0
+        return max(1, math.ceil(hits[0] + self.seconds - now))
+
+    def take(self, key: str) -> float | None:
+        """Count one event for `key`; its stamp (for `give_back`), or None when off."""
+        if not self.n:
+            return None
+        now = time.monotonic()
+        self._window(key, now).append(now)
+        return now
+
+    def give_back(self, key: str, stamp: float | None) -> None:
+        hits = self._hits.get(key)
+        if stamp is not None and hits is not None and stamp in hits:
+            hits.remove(stamp)
+
+
+TOO_MANY_ATTEMPTS = "Too many attempts, try again later!"
+SENDING_TOO_FAST = "You are sending messages too fast!"
+
+
+class Limits:
+    """The three abuse limits of SPEC section 7."""
+
+    def __init__(self, config: Config) -> None:
+        self.login_user = RateLimit(config.login_limit_user)
+        self.login_addr = RateLimit(config.login_limit_addr)
+        self.send = RateLimit(config.send_limit)
+
+    def message_created(self, user_id: int) -> None:
+        """Count a message about to be created; 429 if the user is over the limit."""
+        key = str(user_id)
+        wait = self.send.wait(key)
+        if wait:
+            raise too_many(SENDING_TOO_FAST, wait)
+        self.send.take(key)
 
 
 # --- passwords --------------------------------------------------------------------------
@@ -449,10 +575,20 @@ async def check_credentials(request: web.Request, body: dict[str, Any]) -> db.Ro
     username, password = fields(body, "username", "password")
     check_password(password)
     check_username(username)
+    limits = request.app[limits_key]
+    name_key, addr_key = ascii_lower(username), request.remote or ""
+    wait = max(limits.login_user.wait(name_key), limits.login_addr.wait(addr_key))
+    if wait:  # locked out: answered without any bcrypt work
+        raise too_many(TOO_MANY_ATTEMPTS, wait)
+    # Count this attempt as failed until it succeeds, so concurrent guesses cannot pass
+    # the limit together; a success gives its own slots back and touches nobody else's.
+    stamps = limits.login_user.take(name_key), limits.login_addr.take(addr_key)
     user = await db.user_by_name(request.app[db_key], username)
     hashed = user["password_hash"] if user else None
     if not await request.app[hasher_key].check(password, hashed) or user is None:
         raise ApiError(401, INVALID_CREDENTIALS)
+    limits.login_user.give_back(name_key, stamps[0])
+    limits.login_addr.give_back(addr_key, stamps[1])
     return user
 
 
@@ -532,6 +668,7 @@ async def senddcmsgwithtoken(request: web.Request, body: dict[str, Any]) -> web.
     token, text = fields(body, "token", "message")
     user = await authenticate(request, token)
     check_message(text)
+    request.app[limits_key].message_created(user["id"])
     message = await db.insert_message(
         request.app[db_key], kind="public", sender_id=user["id"], sender=user["username"],
         message=text,
@@ -638,6 +775,7 @@ async def sendmessage(request: web.Request, body: dict[str, Any]) -> web.Respons
     user = await authenticate(request, token)
     check_message(text)
     channel = await member_channel(request, user, name)
+    request.app[limits_key].message_created(user["id"])
     message = await db.insert_message(
         request.app[db_key], kind="channel", sender_id=user["id"], sender=user["username"],
         message=text, channel_id=channel["id"], channel=channel["name"],
@@ -686,6 +824,7 @@ async def senddm(request: web.Request, body: dict[str, Any]) -> web.Response:
     recipient = await db.user_by_name(database, username)
     if recipient is None:
         raise ApiError(404, USER_NOT_FOUND)
+    request.app[limits_key].message_created(user["id"])
     message = await db.insert_message(
         database, kind="dm", sender_id=user["id"], sender=user["username"], message=text,
         recipient_id=recipient["id"], recipient=recipient["username"],
@@ -736,6 +875,7 @@ async def create_app(config: Config) -> web.Application:
             yield
 
     app.cleanup_ctx.extend([database_ctx, hasher_ctx])
+    app[limits_key] = Limits(config)
 
     sio = attach_socketio(app, config)
     app[sio_key] = sio

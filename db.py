@@ -60,7 +60,7 @@ class Database:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.writer = writer
         self.reader = reader
-        self._pending: list[tuple[WriteStep, asyncio.Future]] = []
+        self._pending: list[tuple[WriteStep, asyncio.Future, bool]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -78,12 +78,16 @@ class Database:
         await self._task
         self._task = None
 
-    async def write(self, step: WriteStep) -> Any:
-        """Run `step(conn)` inside a transaction; return its result once committed."""
+    async def write(self, step: WriteStep, *, scrub: bool = False) -> Any:
+        """Run `step(conn)` inside a transaction; return its result once committed.
+
+        `scrub=True` (deletions): after the commit the WAL is checkpointed and truncated
+        before the caller hears back, so no older copy of the deleted text stays on disk.
+        """
         if self._task is None or self._closing:
             raise RuntimeError("database is closed")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((step, future))
+        self._pending.append((step, future, scrub))
         self._wake.set()
         return await future
 
@@ -103,13 +107,13 @@ class Database:
                 if batch:
                     await self._commit_batch(batch)
         finally:  # cancelled: no caller waits forever
-            for _, future in self._pending:
+            for _, future, _ in self._pending:
                 if not future.done():
                     future.set_exception(RuntimeError("database writer stopped"))
 
-    async def _commit_batch(self, batch: list[tuple[WriteStep, asyncio.Future]]) -> None:
+    async def _commit_batch(self, batch: list[tuple[WriteStep, asyncio.Future, bool]]) -> None:
         try:
-            results = await self._transaction([step for step, _ in batch])
+            results = await self._transaction([step for step, _, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 if not batch[0][1].done():
@@ -119,9 +123,20 @@ class Database:
             for item in batch:
                 await self._commit_batch([item])
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        if any(scrub for _, _, scrub in batch):
+            await self._checkpoint()
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    async def _checkpoint(self) -> None:
+        try:
+            async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                busy, _, _ = (await cursor.fetchone()).values()
+            if busy:
+                log.warning("WAL checkpoint after a deletion was blocked by a reader")
+        except sqlite3.Error:  # committed already: report the write, log the checkpoint
+            log.exception("WAL checkpoint after a deletion failed")
 
     async def _transaction(self, steps: list[WriteStep]) -> list[Any]:
         conn = self.writer
@@ -331,7 +346,7 @@ async def delete_message(db: Database, message_id: int) -> bool:
         cursor = await conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
         return cursor.rowcount == 1
 
-    return await db.write(step)
+    return await db.write(step, scrub=True)
 
 
 def _newest_first_to_oldest_first(rows: list[Row]) -> list[Row]:
