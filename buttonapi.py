@@ -25,6 +25,7 @@ import unicodedata
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import bcrypt
@@ -98,6 +99,9 @@ sio_key = web.AppKey("sio_key", socketio.AsyncServer)
 hasher_key = web.AppKey("hasher_key", "PasswordHasher")
 limits_key = web.AppKey("limits_key", "Limits")
 events_key = web.AppKey("events_key", "Events")
+openapi_key = web.AppKey("openapi_key", bytes)
+
+OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
 
 
 # --- the contract's texts ---------------------------------------------------------------
@@ -117,6 +121,8 @@ NOT_IN_CHANNEL = "You are not in this channel!"
 USER_NOT_FOUND = "User not found!"
 MESSAGE_NOT_FOUND = "Message not found!"
 BOT_NOT_CONNECTED = "Discord bot is not connected!"
+TOO_MANY_ATTEMPTS = "Too many attempts, try again later!"
+SENDING_TOO_FAST = "You are sending messages too fast!"
 TRANSPORT_ERRORS = {
     404: "Not found!",
     405: "Method not allowed!",
@@ -318,17 +324,18 @@ def check_channel_name(name: str) -> None:
 class RateLimit:
     """At most `n` events per `seconds` for each key (a sliding window), in memory.
 
-    `take` reserves a slot at once, with no await between the check and the count, so
-    concurrent requests cannot slip past the limit together; `give_back` returns a slot that
-    turned out not to count (a password check that succeeded). Keys are kept for at most
-    `max_keys` (the oldest are forgotten first), so a flood of fresh keys cannot grow memory
-    without bound.
+    `take` counts an event at once, with no await between the check and the count, so
+    concurrent requests cannot slip past the limit together; an event taken as `pending`
+    (a password check still running) counts until it is settled as a failure or given back.
+    Keys are kept for at most `max_keys` (the oldest are forgotten first), so a flood of
+    fresh keys cannot grow memory without bound.
     """
 
     def __init__(self, spec: str, max_keys: int = 100_000) -> None:
         self.n, self.seconds = self.parse(spec)
         self.max_keys = max_keys
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._pending: dict[str, int] = {}
 
     @staticmethod
     def parse(spec: str) -> tuple[int, float]:
@@ -364,22 +371,41 @@ class RateLimit:
             return 0
         return max(1, math.ceil(hits[0] + self.seconds - now))
 
-    def take(self, key: str) -> float | None:
-        """Count one event for `key`; its stamp (for `give_back`), or None when off."""
+    def pending(self, key: str) -> bool:
+        return self._pending.get(key, 0) > 0
+
+    def take(self, key: str, *, pending: bool = False) -> float | None:
+        """Count one event for `key`; its stamp (for `settle`), or None when off."""
         if not self.n:
             return None
         now = time.monotonic()
         self._window(key, now).append(now)
+        if pending:
+            self._pending[key] = self._pending.get(key, 0) + 1
         return now
 
-    def give_back(self, key: str, stamp: float | None) -> None:
+    def settle(self, key: str, stamp: float | None, *, counts: bool) -> None:
+        """End a pending event: it stays counted (`counts`) or is given back."""
+        if stamp is None:
+            return
+        if self._pending.get(key, 0) <= 1:
+            self._pending.pop(key, None)
+        else:
+            self._pending[key] -= 1
         hits = self._hits.get(key)
-        if stamp is not None and hits is not None and stamp in hits:
+        if not counts and hits is not None and stamp in hits:
             hits.remove(stamp)
 
 
-TOO_MANY_ATTEMPTS = "Too many attempts, try again later!"
-SENDING_TOO_FAST = "You are sending messages too fast!"
+class PasswordAttempt:
+    """One password check under the login limits; `failed()` before answering 401."""
+
+    def __init__(self) -> None:
+        self.is_failure = False
+
+    def failed(self) -> ApiError:
+        self.is_failure = True
+        return ApiError(401, INVALID_CREDENTIALS)
 
 
 class Limits:
@@ -389,6 +415,32 @@ class Limits:
         self.login_user = RateLimit(config.login_limit_user)
         self.login_addr = RateLimit(config.login_limit_addr)
         self.send = RateLimit(config.send_limit)
+        self._settled = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def password_check(self, username: str, address: str) -> AsyncIterator[PasswordAttempt]:
+        """Admit a password check, or 429 without any bcrypt work when over a limit.
+
+        The check counts as failed while it runs, so concurrent guesses cannot pass the limit
+        together; when the limit is full only because of checks still running, this waits
+        for them (a burst of correct logins is slowed, not refused). A success gives its own
+        count back and touches nobody else's.
+        """
+        limits = ((self.login_user, ascii_lower(username)), (self.login_addr, address))
+        while wait := max(limit.wait(key) for limit, key in limits):
+            if not any(limit.pending(key) for limit, key in limits):
+                raise too_many(TOO_MANY_ATTEMPTS, wait)
+            settled = self._settled
+            await settled.wait()
+        stamps = [limit.take(key, pending=True) for limit, key in limits]
+        attempt = PasswordAttempt()
+        try:
+            yield attempt
+        finally:
+            for (limit, key), stamp in zip(limits, stamps, strict=True):
+                limit.settle(key, stamp, counts=attempt.is_failure)
+            self._settled.set()
+            self._settled = asyncio.Event()
 
     def message_created(self, user_id: int) -> None:
         """Count a message about to be created; 429 if the user is over the limit."""
@@ -576,19 +628,11 @@ async def check_credentials(request: web.Request, body: dict[str, Any]) -> db.Ro
     check_password(password)
     check_username(username)
     limits = request.app[limits_key]
-    name_key, addr_key = ascii_lower(username), request.remote or ""
-    wait = max(limits.login_user.wait(name_key), limits.login_addr.wait(addr_key))
-    if wait:  # locked out: answered without any bcrypt work
-        raise too_many(TOO_MANY_ATTEMPTS, wait)
-    # Count this attempt as failed until it succeeds, so concurrent guesses cannot pass
-    # the limit together; a success gives its own slots back and touches nobody else's.
-    stamps = limits.login_user.take(name_key), limits.login_addr.take(addr_key)
-    user = await db.user_by_name(request.app[db_key], username)
-    hashed = user["password_hash"] if user else None
-    if not await request.app[hasher_key].check(password, hashed) or user is None:
-        raise ApiError(401, INVALID_CREDENTIALS)
-    limits.login_user.give_back(name_key, stamps[0])
-    limits.login_addr.give_back(addr_key, stamps[1])
+    async with limits.password_check(username, request.remote or "") as attempt:
+        user = await db.user_by_name(request.app[db_key], username)
+        hashed = user["password_hash"] if user else None
+        if not await request.app[hasher_key].check(password, hashed) or user is None:
+            raise attempt.failed()
     return user
 
 
@@ -846,6 +890,13 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "discord": "disabled"})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API, byte for byte as kept in the repository."""
+    return web.Response(
+        body=request.app[openapi_key], content_type="application/json", charset="utf-8"
+    )
+
+
 def as_handler(func: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await func(request, await read_body(request))
@@ -898,6 +949,10 @@ async def create_app(config: Config) -> web.Application:
         app.router.add_post(f"/api/v3/{name}", handler)
     app.router.add_get("/api/v3/health/", health)
     app.router.add_get("/api/v3/health", health)
+    document = await asyncio.to_thread(OPENAPI_PATH.read_bytes)  # once, off the loop
+    json.loads(document)  # a broken document stops the server at start, not a client later
+    app[openapi_key] = document
+    app.router.add_get("/api/v3/openapi.json", openapi)
     return app
 
 

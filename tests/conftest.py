@@ -4,8 +4,16 @@ Tests import the plain helpers from here (`from conftest import PASSWORD, msg, .
 fixtures give each test a fresh server and database.
 """
 
+import json
+import os
 import re
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -154,3 +162,72 @@ def api(client):
 def snapshot(db_path, client):
     """snapshot() -> every row of the running server's database (see db_snapshot)."""
     return lambda: db_snapshot(db_path)
+
+
+# --- the server as a real process (`python buttonapi.py`) -----------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(port, path, body=None, timeout=5.0):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+class Server:
+    """`python buttonapi.py ...` as a real process."""
+
+    def __init__(self, tmp_path, *args, env=None):
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))
+        }
+        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4"} | (env or {})
+        self.log = open(tmp_path / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "buttonapi.py"), *args],
+            cwd=tmp_path,
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, port, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "server exited early"
+            try:
+                return http(port, "/api/v3/health/", timeout=1.0)
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(Server(tmp_path, *args, **kwargs))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()

@@ -3,20 +3,13 @@
 import asyncio
 import json
 import logging
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import ID, PASSWORD, answer, msg
+from conftest import ID, PASSWORD, answer, free_port, http, msg
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_A_JSON_OBJECT = (400, {"message": "Request body must be a JSON object!"})
@@ -535,6 +528,20 @@ async def test_failed_password_checks_are_limited_per_username(api, snapshot):
     )
 
 
+async def test_concurrent_guesses_cannot_pass_the_limit_together(api):
+    await api.register("alice")
+    wrong = {"username": "alice", "password": "Wr0ng!Pass"}
+    answers = await asyncio.gather(*(api.post("login", wrong) for _ in range(25)))
+    assert sorted(status for status, _ in answers) == [401] * 10 + [429] * 15
+
+
+async def test_concurrent_correct_logins_over_the_limit_all_succeed(api):
+    await api.register("alice")
+    right = {"username": "alice", "password": PASSWORD}
+    answers = await asyncio.gather(*(api.post("login", right) for _ in range(25)))
+    assert answers == [(200, {"message": "Login successful!"})] * 25
+
+
 async def test_failed_password_checks_are_limited_per_address(api):
     for i in range(30):
         await api.register(f"user{i}")
@@ -576,72 +583,8 @@ async def test_sending_is_limited_per_user(api, snapshot, endpoint, fields):
 # --- SPEC §7: running `python buttonapi.py` -----------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(port, path, body=None, timeout=5.0):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read())
-
-
-class Server:
-    """`python buttonapi.py ...` as a real process."""
-
-    def __init__(self, tmp_path, *args, env=None):
-        environ = {
-            k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))
-        }
-        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4"} | (env or {})
-        self.log = open(tmp_path / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "buttonapi.py"), *args],
-            cwd=tmp_path,
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, port, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited early"
-            try:
-                return _http(port, "/api/v3/health/", timeout=1.0)
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started = []
-
-    def start(*args, **kwargs):
-        started.append(Server(tmp_path, *args, **kwargs))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
-
-
 def test_flags_beat_environment_and_sigterm_exits_0(tmp_path, servers):
-    port = _free_port()
+    port = free_port()
     env = {
         "BUTTONAPI_HOST": "127.0.0.1",
         "BUTTONAPI_PORT": "1",
@@ -649,7 +592,7 @@ def test_flags_beat_environment_and_sigterm_exits_0(tmp_path, servers):
     }
     server = servers("--port", str(port), "--db", str(tmp_path / "flag.db"), env=env)
     assert server.wait_ready(port) == (200, {"status": "ok", "discord": "disabled"})
-    assert _http(port, "/api/v3/register/", {"username": "alice", "password": PASSWORD}) == (
+    assert http(port, "/api/v3/register/", {"username": "alice", "password": PASSWORD}) == (
         201,
         {"message": "User registered successfully!"},
     )
@@ -659,7 +602,7 @@ def test_flags_beat_environment_and_sigterm_exits_0(tmp_path, servers):
 
 
 def test_default_database_is_buttonapi_db_in_the_working_folder(tmp_path, servers):
-    port = _free_port()
+    port = free_port()
     server = servers("--host", "127.0.0.1", "--port", str(port))
     assert server.wait_ready(port) == (200, {"status": "ok", "discord": "disabled"})
     assert (tmp_path / "buttonapi.db").exists()
@@ -668,14 +611,14 @@ def test_default_database_is_buttonapi_db_in_the_working_folder(tmp_path, server
 
 
 def test_success_survives_kill_9(tmp_path, servers):
-    port = _free_port()
+    port = free_port()
     args = ("--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "d.db"))
     first = servers(*args)
     first.wait_ready(port)
     creds = {"username": "alice", "password": PASSWORD}
-    assert _http(port, "/api/v3/register/", creds)[0] == 201
-    status, made = _http(port, "/api/v3/generatetoken/", creds)
-    status, sent = _http(
+    assert http(port, "/api/v3/register/", creds)[0] == 201
+    status, made = http(port, "/api/v3/generatetoken/", creds)
+    status, sent = http(
         port, "/api/v3/senddcmsgwithtoken/", {"token": made["token"], "message": "durable"}
     )
     assert status == 200
@@ -684,7 +627,7 @@ def test_success_survives_kill_9(tmp_path, servers):
 
     second = servers(*args)
     second.wait_ready(port)
-    assert _http(port, "/api/v3/getmessagesforeveryone/", {"token": made["token"]}) == (
+    assert http(port, "/api/v3/getmessagesforeveryone/", {"token": made["token"]}) == (
         200,
         {"message": "Got messages!", "messages": [msg(sent["id"], "public", "alice", "durable")]},
     )

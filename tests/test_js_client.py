@@ -1,0 +1,114 @@
+"""SPEC §5 end to end with the official JavaScript client, socket.io-client 4.x under Node.js.
+
+`npm ci --prefix tests` installs the pinned client (tests/package.json); tests/js_client.mjs
+prints every event it receives as a JSON line.
+"""
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+WAIT = 10  # seconds: the bound of every wait for an event
+
+
+class JsClient:
+    def __init__(self, proc):
+        self.proc = proc
+        self.events = []
+
+    @classmethod
+    async def start(cls, url, token, mode):
+        node = shutil.which("node")
+        assert node, "Node.js is needed for this test (see README)"
+        assert (HERE / "node_modules" / "socket.io-client").is_dir(), "run: npm ci --prefix tests"
+        proc = await asyncio.create_subprocess_exec(
+            node, str(HERE / "js_client.mjs"), url, token, mode,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def next(self, name):
+        """The next event called `name`; every event before it is kept in self.events."""
+
+        async def read():
+            while True:
+                line = await self.proc.stdout.readline()
+                assert line, f"the client ended before {name!r}: {self.events}"
+                event = json.loads(line)
+                self.events.append((event["event"], event["data"]))
+                if event["event"] == name:
+                    return event["data"]
+
+        return await asyncio.wait_for(read(), WAIT)
+
+    def named(self, name):
+        return [data for event, data in self.events if event == name]
+
+    async def close(self):
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@pytest.fixture
+async def js(client):
+    clients = []
+    url = str(client.make_url("/"))
+
+    async def start(token, mode):
+        clients.append(await JsClient.start(url, token, mode))
+        return clients[-1]
+
+    yield start
+    for c in clients:
+        await c.close()
+
+
+async def test_two_users_chat_live_and_a_third_sees_nothing(api, js):
+    alice, bob, carol = await api.user("alice"), await api.user("bob"), await api.user("carol")
+    await api.channel(alice, "general", "bob")
+    a = await js(alice, "auth")  # connect-time auth
+    b = await js(bob, "emit")  # the seed's api_v3_connect
+    c = await js(carol, "emit")
+    for client, name in ((a, "alice"), (b, "bob"), (c, "carol")):
+        ready = f"Server has accepted the connection and registered you as : {name}"
+        assert await client.next("ready") == ready
+
+    channel_id = await api.send(alice, "general", "hi bob")
+    for client in (a, b):
+        got = await client.next("new_message")
+        assert got == {
+            "sender": "alice",
+            "message": "hi bob",
+            "channel": "general",
+            "timestamp": got["timestamp"],
+            "id": channel_id,
+        }
+    dm_id = await api.dm(bob, "alice", "hi alice")
+    got = await a.next("new_dm")
+    assert got == {
+        "sender": "bob",
+        "message": "hi alice",
+        "recipient": "alice",
+        "id": dm_id,
+        "timestamp": got["timestamp"],
+    }
+    # barrier: carol's own DM arrives; anything of alice's and bob's would have come first
+    await api.dm(alice, "carol", "barrier")
+    assert (await c.next("new_dm"))["message"] == "barrier"
+    assert [event for event, _ in c.events] == ["connect", "ready", "new_dm"]
+
+
+async def test_bad_token_is_refused_with_a_reason(api, js):
+    refused = await js("not-a-token", "auth")
+    assert await refused.next("connect_error") == "Invalid token!"
+    emitted = await js("not-a-token", "emit")
+    assert await emitted.next("api_v3_error") == {"message": "Invalid token!"}

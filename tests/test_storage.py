@@ -1,0 +1,86 @@
+"""Storage rules of SPEC §7: every list and lookup is served by an index; private files.
+
+The index test records every SQL statement the server really runs (SQLite's trace hook on
+both of its connections) while a client walks through every endpoint, then asks SQLite for
+each statement's query plan: a full table scan or a sort outside an index fails it.
+"""
+
+import re
+import sqlite3
+import stat
+from contextlib import closing
+
+from conftest import PASSWORD
+
+
+async def walk_every_endpoint(api):
+    """Each endpoint, on its success path and its main lookups' failure paths."""
+    alice, bob = await api.user("alice"), await api.user("bob")
+    carol = await api.user("carol")
+    creds = {"username": "alice", "password": PASSWORD}
+    await api.ok("login", creds)
+    await api.ok("gettoken", creds)
+    await api.post("login", {"username": "nobody", "password": PASSWORD})
+    public_id = await api.public(alice, "hello everyone")
+    await api.ok("getmessagesforeveryone", {"token": bob, "count": 10})
+    await api.ok("getmessagesforeveryone", {"token": bob, "before": public_id})
+    await api.ok("getmysentmessages", {"token": alice})
+    await api.post("getmysentmessages", {"token": bob})
+    await api.channel(alice, "general", "bob")
+    await api.post("addusertochannel", {"token": alice, "name": "general", "username": "bob"})
+    channel_msg = await api.send(alice, "general", "hi channel")
+    await api.ok("readmessagesfromchannel", {"token": bob, "name": "general"})
+    await api.ok("readmessagesfromchannel", {"token": bob, "name": "general", "before": 99})
+    await api.ok("readmessagesfromchannel", {"token": bob, "message_id": channel_msg})
+    await api.post("readmessagesfromchannel", {"token": carol, "message_id": channel_msg})
+    await api.ok("getchannels", {"token": bob})
+    dm_id = await api.dm(alice, "bob", "psst")
+    await api.ok("getdms", {"token": bob})
+    await api.ok("getdms", {"token": bob, "username": "alice", "count": 5, "before": 10**6})
+    await api.post("getdms", {"token": carol})
+    await api.ok("readmessagesfromchannel", {"token": bob, "message_id": dm_id})
+    for message_id in (public_id, channel_msg, dm_id):
+        await api.ok("deletemessage", {"token": alice, "message_id": message_id})
+    await api.ok("generatetoken", creds)
+
+
+def bad_plan_lines(conn, statement):
+    plan = conn.execute("EXPLAIN QUERY PLAN " + statement).fetchall()
+    details = [row[-1] for row in plan]
+    return [
+        line
+        for line in details
+        if (line.startswith("SCAN") and "USING" not in line and "CONSTANT ROW" not in line)
+        or "TEMP B-TREE" in line
+    ]
+
+
+async def test_every_statement_is_served_by_an_index(client, api, db_path):
+    from buttonapi import db_key
+
+    database = client.app[db_key]
+    statements = []
+    for conn in (database.reader, database.writer):
+        await conn.set_trace_callback(statements.append)
+    await walk_every_endpoint(api)
+    for conn in (database.reader, database.writer):
+        await conn.set_trace_callback(None)
+
+    queries = {
+        re.sub(r"\s+", " ", s).strip()
+        for s in statements
+        if re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", s, re.IGNORECASE)
+    }
+    assert len(queries) >= 15, queries  # the walk really ran the server's statements
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        bad = {q: lines for q in sorted(queries) if (lines := bad_plan_lines(conn, q))}
+    assert bad == {}
+
+
+async def test_database_and_wal_are_readable_by_the_owner_only(api, db_path):
+    await api.user("alice")
+    files = [db_path, db_path.with_name(db_path.name + "-wal")]
+    assert all(path.exists() for path in files)
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        path.name: 0o600 for path in files
+    }
