@@ -24,7 +24,7 @@ import time
 import unicodedata
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import bcrypt
 import socketio
 from aiohttp import web
 
+import bot
 import db
 
 log = logging.getLogger("buttonapi")
@@ -64,6 +65,12 @@ class Config:
         "30/900", "BUTTONAPI_LOGIN_LIMIT_ADDR", "failed password checks per address: N/S or 0"
     )
     send_limit: str = _setting("20/10", "BUTTONAPI_SEND_LIMIT", "messages per user: N/S or 0")
+    trusted_proxies: str = _setting(
+        "", "BUTTONAPI_TRUSTED_PROXIES", "reverse proxies whose X-Forwarded-For is believed"
+    )
+    unauthenticated_sockets: int = _setting(
+        20, "BUTTONAPI_UNAUTHENTICATED_SOCKETS", "sockets per address not yet authenticated"
+    )
     discord_token: str = _setting("", "DISCORD_TOKEN", "bot token; the bridge is off without it")
     discord_guild_id: int = _setting(0, "DISCORD_GUILD_ID", "guild whose text channels bridge")
     discord_channel_id: int = _setting(0, "DISCORD_CHANNEL_ID", "bridge channel for the feed")
@@ -98,7 +105,9 @@ db_key = web.AppKey("db_key", db.Database)
 sio_key = web.AppKey("sio_key", socketio.AsyncServer)
 hasher_key = web.AppKey("hasher_key", "PasswordHasher")
 limits_key = web.AppKey("limits_key", "Limits")
+transports_key = web.AppKey("transports_key", "OpenTransports")
 events_key = web.AppKey("events_key", "Events")
+bridge_key = web.AppKey("bridge_key", bot.Bridge)
 openapi_key = web.AppKey("openapi_key", bytes)
 
 OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
@@ -123,6 +132,7 @@ MESSAGE_NOT_FOUND = "Message not found!"
 BOT_NOT_CONNECTED = "Discord bot is not connected!"
 TOO_MANY_ATTEMPTS = "Too many attempts, try again later!"
 SENDING_TOO_FAST = "You are sending messages too fast!"
+TOO_MANY_SOCKETS = "Too many unauthenticated connections from your address!"
 TRANSPORT_ERRORS = {
     404: "Not found!",
     405: "Method not allowed!",
@@ -132,6 +142,9 @@ BAD_BODY = "Request body must be a JSON object!"
 INTERNAL_ERROR = "Internal server error!"
 
 MAX_BODY = 64 * 1024
+SOCKETS_CLOSE_TIMEOUT = 1  # seconds a shutdown waits for sockets to finish closing
+MAX_NONCE = 64  # characters of a send's idempotency nonce
+MAX_REPLAY = 1000  # messages replayed to a socket that reconnects with last_message_id
 MAX_MESSAGE = 2000
 MAX_CHANNEL_NAME = 100
 
@@ -173,7 +186,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ApiError as exc:
         return error_response(exc.status, exc.message, **exc.extra)
     except web.HTTPException as exc:
-        return error_response(exc.status, TRANSPORT_ERRORS.get(exc.status, exc.reason))
+        response = error_response(exc.status, TRANSPORT_ERRORS.get(exc.status, exc.reason))
+        if "Allow" in exc.headers:  # a 405 names the methods the path takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unexpected failure in %s %s", request.method, request.path)
         return error_response(500, INTERNAL_ERROR)
@@ -211,10 +227,55 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+class OpenTransports:
+    """Engine.IO requests in flight (websockets and long-polls). A shutdown tells every
+    socket and waits a moment for them to end; once aiohttp's own shutdown starts, a
+    client's close reply is no longer read, so what is left is cut off (else each websocket
+    would wait out the whole shutdown timeout)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[int, web.Request] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.contextmanager
+    def open(self, request: web.Request) -> Iterator[None]:
+        self.requests[id(request)] = request
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            del self.requests[id(request)]
+            if not self.requests:
+                self.idle.set()
+
+    async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SOCKETS_CLOSE_TIMEOUT):
+                await self.idle.wait()
+        for request in list(self.requests.values()):
+            if request.transport is not None:
+                request.transport.close()
+
+
+@web.middleware
+async def transports_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/socket.io"):
+        return await handler(request)
+    with request.app[transports_key].open(request):
+        return await handler(request)
+
+
 # --- validation -------------------------------------------------------------------------
 
-NUMBER_FIELDS = {"count", "message_id", "before"}
+NUMBER_FIELDS = {"count", "message_id", "before", "after", "last_message_id"}
 DEFAULTS = {"count": 50, "before": db.MAX_ID}
+PAGING = ("count?", "before?", "after?")  # every list endpoint's optional fields
+
+
+def page(count: int, before: int, after: int | None) -> db.Page:
+    """The newest `count` before `before`; with `after`, the oldest `count` after it."""
+    return db.Page(count, before, after or 0, oldest=after is not None)
 
 
 def invalid(name: str) -> ApiError:
@@ -224,7 +285,8 @@ def invalid(name: str) -> ApiError:
 def _number(name: str, value: Any) -> int:
     """A JSON integer or a string of ASCII digits; ids past SQLite's range match nothing."""
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value) if len(value) <= 19 else db.MAX_ID
+        digits = value.lstrip("0") or "0"  # leading zeros do not make a number larger
+        value = int(digits) if len(digits) <= 19 else db.MAX_ID
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise invalid(name)
     if name == "count" and not 1 <= value <= 1000:
@@ -239,6 +301,8 @@ def _text(name: str, value: Any) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate is not text
         raise invalid(name) from None
+    if name == "nonce" and not 1 <= len(value) <= MAX_NONCE:
+        raise invalid(name)
     return value
 
 
@@ -263,15 +327,37 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
 
 
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # {"token": a, "token": b}: which one was meant is unclear
+        raise ValueError("duplicate key")
+    return obj
+
+
 async def read_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # over client_max_size: 413
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_object_without_duplicate_keys,
+        )
     except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurd nesting or numbers
         raise ApiError(400, BAD_BODY) from None
     if not isinstance(body, dict):
         raise ApiError(400, BAD_BODY)
     return body
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address: the peer, or behind a trusted reverse proxy the address that
+    proxy appended last to X-Forwarded-For (earlier entries are whatever the client said)."""
+    peer = request.remote or ""
+    proxies = request.app[config_key].trusted_proxies
+    if peer and peer in {p.strip() for p in proxies.split(",")}:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        return forwarded or peer
+    return peer
 
 
 def ascii_lower(text: str) -> str:
@@ -508,12 +594,50 @@ class Events:
     def __init__(self, sio: socketio.AsyncServer) -> None:
         self.sio = sio
         self._tasks: set[asyncio.Task] = set()
+        self._holds = 0
+        self._released = asyncio.Event()
+        self._released.set()
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def emit(self, event: str, data: Any, room: str | list[str]) -> None:
         """Queue an event; the HTTP response does not wait for slow clients."""
-        task = asyncio.create_task(self.sio.emit(event, data, to=room))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(asyncio.create_task(self._emit(event, data, room)))
+
+    async def _emit(self, event: str, data: Any, room: str | list[str]) -> None:
+        if self._holds:  # a socket is being sent its replay: live events come after it
+            await self._released.wait()
+        await self.sio.emit(event, data, to=room)
+
+    def hold(self) -> Callable[[], None]:
+        """Hold live events back (they queue, in order) until the returned release is called."""
+        self._holds += 1
+        self._released.clear()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._holds -= 1
+                if not self._holds:
+                    self._released.set()
+
+        return release
+
+    def greet(self, sid: str, greeting: list[tuple[str, Any]], release: Callable[[], None]) -> None:
+        """Send a socket its `ready` (and `replay`), then release the live events held back."""
+
+        async def send() -> None:
+            try:
+                for event, data in greeting:
+                    await self.sio.emit(event, data, to=sid)
+            finally:
+                release()
+
+        self._track(asyncio.create_task(send()))
 
     def sids(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants("/", room)]
@@ -522,6 +646,11 @@ class Events:
         """Put every socket of a user into a room, from this moment on."""
         for sid in self.sids(user_room(user_id)):
             await self.sio.enter_room(sid, room)
+
+    async def leave(self, user_id: int, room: str) -> None:
+        """Take every socket of a user out of a room, from this moment on."""
+        for sid in self.sids(user_room(user_id)):
+            await self.sio.leave_room(sid, room)
 
     async def drop_user(self, user_id: int, message: str) -> None:
         """Tell every socket of a user why, then disconnect it."""
@@ -554,17 +683,35 @@ def attach_socketio(app: web.Application, config: Config) -> socketio.AsyncServe
         cors_allowed_origins="*" if origins == "*" else [o.strip() for o in origins.split(",")],
         logger=False,
         engineio_logger=False,
+        max_http_buffer_size=MAX_BODY,  # a bigger packet closes the connection
     )
     sio.attach(app)
+    # Sockets connected but not (yet) authenticated, per client address: they cost memory
+    # and receive nothing, so each address may hold only a few.
+    unauthenticated: dict[str, int] = {}
 
-    async def register(sid: str, token: Any) -> str | None:
-        """Register a socket as the token's user; the `ready` text, or None if refused."""
-        if not isinstance(token, str):
-            return None
+    async def authenticated(sid: str) -> None:
+        """The socket is no longer counted as unauthenticated."""
+        session = await sio.get_session(sid)
+        address = session.pop("unauthenticated_from", None)
+        if address is not None:
+            unauthenticated[address] -= 1
+            if not unauthenticated[address]:
+                del unauthenticated[address]
+            await sio.save_session(sid, session)
+
+    async def register(sid: str, data: Any) -> list[tuple[str, Any]]:
+        """Register a socket as the token's user (live events must be held back meanwhile).
+
+        Returns what the socket is sent: `ready`, then with `last_message_id` a `replay` of
+        every message it may read with a larger id. Raises ApiError when refused."""
+        data = data if isinstance(data, dict) else {}
+        token = data.get("token_api_v3")
         database = app[db_key]
-        user = await db.user_by_token(database, token)
+        user = await db.user_by_token(database, token) if isinstance(token, str) else None
         if user is None:
-            return None
+            raise ApiError(401, INVALID_TOKEN)
+        (last_id,) = fields(data, "last_message_id?")
         session = await sio.get_session(sid)
         if session.get("user_id") not in (None, user["id"]):
             for room in sio.rooms(sid):
@@ -577,27 +724,65 @@ def attach_socketio(app: web.Application, config: Config) -> socketio.AsyncServe
         if await db.user_by_token(database, token) is None:  # rotated meanwhile
             for room in rooms:
                 await sio.leave_room(sid, room)
-            return None
+            raise ApiError(401, INVALID_TOKEN)
+        await authenticated(sid)
         await sio.save_session(sid, {"user_id": user["id"], "username": user["username"]})
-        return f"Server has accepted the connection and registered you as : {user['username']}"
+        ready = f"Server has accepted the connection and registered you as : {user['username']}"
+        greeting: list[tuple[str, Any]] = [("ready", ready)]
+        if last_id is not None:
+            since = await db.readable_since(database, user["id"], last_id, MAX_REPLAY + 1)
+            replay = {"messages": since[:MAX_REPLAY], "replay_truncated": len(since) > MAX_REPLAY}
+            greeting.append(("replay", replay))
+        return greeting
 
     @sio.event
     async def connect(sid: str, environ: dict, auth: Any = None) -> None:
         if not auth:  # no auth, or an empty dict: connect unauthenticated
+            address = client_address(environ["aiohttp.request"])
+            if unauthenticated.get(address, 0) >= config.unauthenticated_sockets:
+                raise socketio.exceptions.ConnectionRefusedError(TOO_MANY_SOCKETS)
+            unauthenticated[address] = unauthenticated.get(address, 0) + 1
+            await sio.save_session(sid, {"unauthenticated_from": address})
             return
-        ready = await register(sid, auth.get("token_api_v3") if isinstance(auth, dict) else None)
-        if ready is None:
-            raise socketio.exceptions.ConnectionRefusedError(INVALID_TOKEN)
-        # After this handler returns the CONNECT packet is queued; `ready` must follow it.
-        app[events_key].emit("ready", ready, sid)
+        release = app[events_key].hold()
+        try:
+            greeting = await register(sid, auth)
+        except ApiError as exc:
+            release()
+            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+        except BaseException:
+            release()
+            raise
+        # After this handler returns the CONNECT packet is queued; the greeting follows it.
+        app[events_key].greet(sid, greeting, release)
 
     @sio.event
     async def api_v3_connect(sid: str, data: Any = None) -> None:
-        ready = await register(sid, data.get("token_api_v3") if isinstance(data, dict) else None)
-        if ready is None:
-            await sio.emit("api_v3_error", {"message": INVALID_TOKEN}, to=sid)
-        else:
-            await sio.emit("ready", ready, to=sid)
+        release = app[events_key].hold()
+        try:
+            for event, payload in await register(sid, data):
+                await sio.emit(event, payload, to=sid)
+        except ApiError as exc:
+            await sio.emit("api_v3_error", {"message": exc.message}, to=sid)
+        finally:
+            release()
+
+    sio_disconnect = sio.eio.handlers["disconnect"]
+
+    async def eio_disconnect(eio_sid: str, reason: str) -> None:
+        # python-engineio leaves a long-poll GET pending on a socket that its client closed
+        # (a CLOSE packet in a POST) until the ping timeout, ~45 s; wake it so it ends now
+        # and a shutdown does not wait for it. A close by the server sends its own packet.
+        socket = sio.eio.sockets.get(eio_sid)
+        if reason == sio.eio.reason.CLIENT_DISCONNECT and socket and not socket.upgraded:
+            socket.queue.put_nowait(None)
+        await sio_disconnect(eio_sid, reason)
+
+    sio.eio.on("disconnect", eio_disconnect)
+
+    @sio.event
+    async def disconnect(sid: str, reason: str) -> None:
+        await authenticated(sid)
 
     return sio
 
@@ -628,7 +813,7 @@ async def check_credentials(request: web.Request, body: dict[str, Any]) -> db.Ro
     check_password(password)
     check_username(username)
     limits = request.app[limits_key]
-    async with limits.password_check(username, request.remote or "") as attempt:
+    async with limits.password_check(username, client_address(request)) as attempt:
         user = await db.user_by_name(request.app[db_key], username)
         hashed = user["password_hash"] if user else None
         if not await request.app[hasher_key].check(password, hashed) or user is None:
@@ -672,7 +857,7 @@ async def register(request: web.Request, body: dict[str, Any]) -> web.Response:
     check_password(password)
     check_username(username)
     database = request.app[db_key]
-    if await db.user_by_name(database, username) is None:
+    if ascii_lower(username) != db.DELETED and await db.user_by_name(database, username) is None:
         hashed = await request.app[hasher_key].hash(password)
         if await db.create_user(database, username, hashed):
             return ok("User registered successfully!", 201)
@@ -707,34 +892,51 @@ async def gettoken(request: web.Request, body: dict[str, Any]) -> web.Response:
 # messages
 
 
-@endpoint
-async def senddcmsgwithtoken(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, text = fields(body, "token", "message")
-    user = await authenticate(request, token)
-    check_message(text)
+async def store_message(
+    request: web.Request, user: db.Row, nonce: str | None, **columns: Any
+) -> tuple[db.Row, bool]:
+    """Store a message the user sends: `(message, True)`. With a nonce the user sent in the
+    last 24 hours: `({"id": <that message's id>}, False)`, and nothing is created or counted."""
+    database = request.app[db_key]
+    if nonce is not None and (earlier := await db.nonce_message(database, user["id"], nonce)):
+        return {"id": earlier}, False
     request.app[limits_key].message_created(user["id"])
     message = await db.insert_message(
-        request.app[db_key], kind="public", sender_id=user["id"], sender=user["username"],
-        message=text,
-    )  # fmt: skip
-    request.app[events_key].emit("new_public_message", public(message), AUTHED_ROOM)
+        database, sender_id=user["id"], sender=user["username"], nonce=nonce, **columns
+    )
+    return message, not message.get("repeat")
+
+
+@endpoint
+async def senddcmsgwithtoken(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, text, nonce = fields(body, "token", "message", "nonce?")
+    user = await authenticate(request, token)
+    check_message(text)
+    bridge = request.app[bridge_key]
+    outbox = bridge.plan_public(user["username"], text)  # committed with the message
+    message, new = await store_message(
+        request, user, nonce, kind="public", message=text, outbox=outbox
+    )
+    if new:
+        bridge.kick(outbox)  # the mirror never holds up this response
+        request.app[events_key].emit("new_public_message", public(message), AUTHED_ROOM)
     return ok("Sent message!", id=message["id"])
 
 
 @endpoint
 async def getmessagesforeveryone(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, count, before = fields(body, "token", "count?", "before?")
+    token, *paging = fields(body, "token", *PAGING)
     await authenticate(request, token)
-    messages = await db.public_messages(request.app[db_key], count, before)
+    messages = await db.public_messages(request.app[db_key], page(*paging))
     return ok("Got messages!", messages=messages)
 
 
 @endpoint
 async def getmysentmessages(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, count, before = fields(body, "token", "count?", "before?")
+    token, *paging = fields(body, "token", *PAGING)
     user = await authenticate(request, token)
     database = request.app[db_key]
-    messages = await db.sent_messages(database, user["id"], count, before)
+    messages = await db.sent_messages(database, user["id"], page(*paging))
     if not messages and not await db.has_sent(database, user["id"]):
         raise ApiError(404, "No sent messages!")
     return web.json_response({"sent_messages": messages})
@@ -756,10 +958,10 @@ async def readmessagesfromchannel(request: web.Request, body: dict[str, Any]) ->
 
 async def read_channel(request: web.Request, body: dict[str, Any]) -> web.Response:
     """readmessagesfromchannel without message_id: a channel's newest messages."""
-    token, name, count, before = fields(body, "token", "name", "count?", "before?")
+    token, name, *paging = fields(body, "token", "name", *PAGING)
     user = await authenticate(request, token)
     channel = await member_channel(request, user, name)
-    messages = await db.channel_messages(request.app[db_key], channel["id"], count, before)
+    messages = await db.channel_messages(request.app[db_key], channel["id"], page(*paging))
     return web.json_response({"messages": messages})
 
 
@@ -775,6 +977,7 @@ async def deletemessage(request: web.Request, body: dict[str, Any]) -> web.Respo
         raise ApiError(403, "You can only delete your messages!")
     if not await db.delete_message(database, message_id):
         raise ApiError(404, MESSAGE_NOT_FOUND)  # deleted by a concurrent request
+    request.app[bridge_key].message_deleted(message_id)  # and its copies on Discord
     deleted = {"id": message["id"], "kind": message["kind"], "channel": message["channel"]}
     request.app[events_key].emit("message_deleted", deleted, readers_room(message))
     return ok("Message deleted!")
@@ -815,17 +1018,20 @@ async def addusertochannel(request: web.Request, body: dict[str, Any]) -> web.Re
 
 @endpoint
 async def sendmessage(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, text, name = fields(body, "token", "message", "channel")
+    token, text, name, nonce = fields(body, "token", "message", "channel", "nonce?")
     user = await authenticate(request, token)
     check_message(text)
     channel = await member_channel(request, user, name)
-    request.app[limits_key].message_created(user["id"])
-    message = await db.insert_message(
-        request.app[db_key], kind="channel", sender_id=user["id"], sender=user["username"],
-        message=text, channel_id=channel["id"], channel=channel["name"],
+    bridge = request.app[bridge_key]
+    outbox = bridge.plan_channel(channel["name"], user["username"], text)
+    message, new = await store_message(
+        request, user, nonce, kind="channel", message=text, channel_id=channel["id"],
+        channel=channel["name"], outbox=outbox,
     )  # fmt: skip
-    event = {key: message[key] for key in ("sender", "message", "channel", "timestamp", "id")}
-    request.app[events_key].emit("new_message", event, channel_room(channel["id"]))
+    if new:
+        bridge.kick(outbox)
+        event = {key: message[key] for key in ("sender", "message", "channel", "timestamp", "id")}
+        request.app[events_key].emit("new_message", event, channel_room(channel["id"]))
     return ok("Message sent!", id=message["id"])
 
 
@@ -839,12 +1045,100 @@ async def getchannels(request: web.Request, body: dict[str, Any]) -> web.Respons
     return web.json_response({"channels": channels})
 
 
+# channel membership (beyond the seed)
+
+
+async def drop_membership(request: web.Request, channel: db.Row, user: db.Row, by: str) -> None:
+    """After the commit: the user's sockets leave the channel's room and are told."""
+    events = request.app[events_key]
+    await events.leave(user["id"], channel_room(channel["id"]))
+    event = {"channel_name": channel["name"], "channel_id": channel["id"], "by": by}
+    events.emit("removed_from_channel", event, user_room(user["id"]))
+
+
+@endpoint
+async def leavechannel(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, name = fields(body, "token", "name")
+    user = await authenticate(request, token)
+    channel = await member_channel(request, user, name)
+    if not await db.remove_member(request.app[db_key], channel["id"], user["id"]):
+        raise ApiError(401, NOT_IN_CHANNEL)  # left by a concurrent request
+    await drop_membership(request, channel, user, user["username"])
+    return ok("Left channel!", channel_name=channel["name"])
+
+
+@endpoint
+async def removeuserfromchannel(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, name, username = fields(body, "token", "name", "username")
+    user = await authenticate(request, token)
+    channel = await member_channel(request, user, name)
+    database = request.app[db_key]
+    removed = await db.user_by_name(database, username)
+    if removed is None:
+        raise ApiError(404, USER_NOT_FOUND)
+    if await db.channel_creator(database, channel["id"]) != user["id"]:
+        raise ApiError(403, "Only the channel's creator can remove users!")
+    if not await db.remove_member(database, channel["id"], removed["id"]):
+        raise ApiError(404, "User is not in this channel!")
+    await drop_membership(request, channel, removed, user["username"])
+    return ok(
+        "User removed from channel!", channel_name=channel["name"], username=removed["username"]
+    )
+
+
+@endpoint
+async def getchannelmembers(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, name = fields(body, "token", "name")
+    user = await authenticate(request, token)
+    channel = await member_channel(request, user, name)
+    members = await db.members_of(request.app[db_key], channel["id"])
+    return web.json_response({"channel_name": channel["name"], "members": members})
+
+
+# token and account control (beyond the seed)
+
+
+@endpoint
+async def revoketoken(request: web.Request, body: dict[str, Any]) -> web.Response:
+    (token,) = fields(body, "token")
+    user_id = await db.revoke_token(request.app[db_key], token)
+    if user_id is None:
+        raise ApiError(401, INVALID_TOKEN)
+    await request.app[events_key].drop_user(user_id, "Token revoked!")
+    return ok("Token revoked!")
+
+
+@endpoint
+async def changepassword(request: web.Request, body: dict[str, Any]) -> web.Response:
+    (new_password,) = fields(body, "username", "password", "new_password")[2:]
+    check_password(new_password)
+    user = await check_credentials(request, body)
+    hashed = await request.app[hasher_key].hash(new_password)
+    token = str(uuid.uuid4())
+    await db.set_password(request.app[db_key], user["id"], hashed, token)
+    await request.app[events_key].drop_user(user["id"], "Token changed!")
+    return ok("Password changed!", token=token)
+
+
+@endpoint
+async def deleteaccount(request: web.Request, body: dict[str, Any]) -> web.Response:
+    user = await check_credentials(request, body)
+    deleted = await db.delete_account(request.app[db_key], user["id"])
+    events, bridge = request.app[events_key], request.app[bridge_key]
+    await events.drop_user(user["id"], "Account deleted!")
+    for message in deleted:
+        event = {"id": message["id"], "kind": message["kind"], "channel": message["channel"]}
+        events.emit("message_deleted", event, readers_room(message))
+        bridge.message_deleted(message["id"])  # and its copies on Discord
+    return ok("Account deleted!")
+
+
 # DMs
 
 
 @endpoint
 async def getdms(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, count, before, username = fields(body, "token", "count?", "before?", "username?")
+    token, *paging, username = fields(body, "token", *PAGING, "username?")
     user = await authenticate(request, token)
     database = request.app[db_key]
     peer_id = None
@@ -853,7 +1147,7 @@ async def getdms(request: web.Request, body: dict[str, Any]) -> web.Response:
         if peer is None:
             raise ApiError(404, USER_NOT_FOUND)
         peer_id = peer["id"]
-    messages = await db.dms(database, user["id"], count, before, peer_id)
+    messages = await db.dms(database, user["id"], page(*paging), peer_id)
     if not messages and not await db.has_dms(database, user["id"]):
         raise ApiError(404, "No dms!")
     return web.json_response({"dms": messages})
@@ -861,33 +1155,55 @@ async def getdms(request: web.Request, body: dict[str, Any]) -> web.Response:
 
 @endpoint
 async def senddm(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, username, text = fields(body, "token", "username", "message")
+    token, username, text, nonce = fields(body, "token", "username", "message", "nonce?")
     user = await authenticate(request, token)
     check_message(text)
-    database = request.app[db_key]
-    recipient = await db.user_by_name(database, username)
+    recipient = await db.user_by_name(request.app[db_key], username)
     if recipient is None:
         raise ApiError(404, USER_NOT_FOUND)
-    request.app[limits_key].message_created(user["id"])
-    message = await db.insert_message(
-        database, kind="dm", sender_id=user["id"], sender=user["username"], message=text,
-        recipient_id=recipient["id"], recipient=recipient["username"],
+    message, new = await store_message(
+        request, user, nonce, kind="dm", message=text, recipient_id=recipient["id"],
+        recipient=recipient["username"],
     )  # fmt: skip
-    event = {key: message[key] for key in ("sender", "message", "recipient", "id", "timestamp")}
-    request.app[events_key].emit("new_dm", event, user_room(recipient["id"]))
+    if new:
+        event = {k: message[k] for k in ("sender", "message", "recipient", "id", "timestamp")}
+        request.app[events_key].emit("new_dm", event, user_room(recipient["id"]))
     return ok("Dm message sent!", id=message["id"])
 
 
 @endpoint
 async def senddcmsg(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, _channel, text = fields(body, "token", "channel", "message")
-    await authenticate(request, token)
+    token, target, text, nonce = fields(body, "token", "channel", "message", "nonce?")
+    user = await authenticate(request, token)
     check_message(text)
-    raise ApiError(503, BOT_NOT_CONNECTED)
+    bridge, database = request.app[bridge_key], request.app[db_key]
+    if not bridge.available:
+        raise ApiError(503, BOT_NOT_CONNECTED)
+    outbox = await bridge.plan_direct(user["id"], user["username"], target, text)
+    if not outbox:
+        raise ApiError(400, "Invalid input or user not in channel")
+    with bridge.watch(outbox) as delivery:  # the first attempt, at most 10 s
+        message, new = await store_message(
+            request, user, nonce, kind="discord", message=text, channel=target, outbox=outbox
+        )
+        if not new:  # a repeat: how the earlier message's delivery stands now
+            outcome = await db.outbox_outcome(database, message["id"])
+        else:
+            bridge.kick(outbox)
+            outcome = await delivery.outcome()
+    if outcome == bot.REFUSED and not new:
+        raise ApiError(502, "Discord rejected the message!")
+    if outcome == bot.REFUSED:  # refused for good: nothing is kept
+        await db.delete_message(database, message["id"])
+        bridge.message_deleted(message["id"])
+        raise ApiError(502, "Discord rejected the message!")
+    if outcome == bot.QUEUED:  # the outbox keeps trying, across restarts too
+        return ok("Queued for Discord delivery!", 202, id=message["id"])
+    return ok("Dm message sent!", id=message["id"])
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "discord": "disabled"})
+    return web.json_response({"status": "ok", "discord": request.app[bridge_key].state})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -895,6 +1211,46 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(
         body=request.app[openapi_key], content_type="application/json", charset="utf-8"
     )
+
+
+# The web chat (static/): its page may load nothing but its own files, and forms never submit
+# natively, so even markup that slipped into the page could run nothing nor leak a password.
+WEB_CHAT_DIR = Path(__file__).with_name("static")
+WEB_CHAT_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+WEB_CHAT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
+
+
+def add_web_chat(app: web.Application) -> None:
+    """`GET /` is the web chat (static/index.html), `GET /static/<file>` its files.
+
+    The files are listed once, at start: no request path ever reaches the file system."""
+    files = {p.name: p for p in WEB_CHAT_DIR.iterdir() if p.is_file() and p.name[0] != "."}
+
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info.get("name", "index.html"))
+        if path is None:
+            raise web.HTTPNotFound()
+        # Our own table: the guess of mimetypes depends on the machine's /etc/mime.types.
+        content_type = WEB_CHAT_TYPES.get(path.suffix, "application/octet-stream")
+        return web.FileResponse(path, headers={**WEB_CHAT_HEADERS, "Content-Type": content_type})
+
+    app.router.add_get("/", static_file)
+    app.router.add_get("/static/{name}", static_file)
 
 
 def as_handler(func: Endpoint) -> Handler:
@@ -907,12 +1263,16 @@ def as_handler(func: Endpoint) -> Handler:
 # --- the application --------------------------------------------------------------------
 
 
-async def create_app(config: Config) -> web.Application:
-    """Build the whole server: HTTP API, Socket.IO and (when configured) the Discord bot."""
+async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None) -> web.Application:
+    """Build the whole server: HTTP API, Socket.IO and (when configured) the Discord bot.
+
+    `bridge_timing`: the Discord bridge's waits and backoff (tests shorten them)."""
     app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[cors_middleware, errors_middleware]
+        client_max_size=MAX_BODY,
+        middlewares=[transports_middleware, cors_middleware, errors_middleware],
     )
     app[config_key] = config
+    app[transports_key] = OpenTransports()
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.open_database(config.db) as database:
@@ -925,7 +1285,28 @@ async def create_app(config: Config) -> web.Application:
             app[hasher_key] = PasswordHasher(config.bcrypt_rounds, executor)
             yield
 
-    app.cleanup_ctx.extend([database_ctx, hasher_ctx])
+    async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The Discord bot and its outbox, started after the database and stopped before it."""
+        events = app[events_key]
+
+        def publish(message: db.Row, channel_id: int | None) -> None:
+            """A message written on Discord reaches sockets like the API's own."""
+            if channel_id is None:
+                events.emit("new_public_message", public(message), AUTHED_ROOM)
+                return
+            keys = ("sender", "message", "channel", "timestamp", "id")
+            events.emit("new_message", {k: message[k] for k in keys}, channel_room(channel_id))
+
+        async with bot.Bridge(
+            app[db_key], publish, token=config.discord_token,
+            guild_id=config.discord_guild_id, channel_id=config.discord_channel_id,
+            api_base=config.discord_api_base, gateway_url=config.discord_gateway_url,
+            timing=bridge_timing,
+        ) as bridge:  # fmt: skip
+            app[bridge_key] = bridge
+            yield
+
+    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx])
     app[limits_key] = Limits(config)
 
     sio = attach_socketio(app, config)
@@ -939,6 +1320,7 @@ async def create_app(config: Config) -> web.Application:
             await sio.disconnect(sid)
         if sio.eio.sockets:
             await sio.eio.disconnect()
+        await app[transports_key].close()
         await sio.shutdown()
 
     app.on_shutdown.append(close_sockets)
@@ -953,6 +1335,7 @@ async def create_app(config: Config) -> web.Application:
     json.loads(document)  # a broken document stops the server at start, not a client later
     app[openapi_key] = document
     app.router.add_get("/api/v3/openapi.json", openapi)
+    add_web_chat(app)
     return app
 
 

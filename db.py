@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -27,6 +30,7 @@ log = logging.getLogger("buttonapi.db")
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 SCHEMA_VERSION = 1
+NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
 
 MESSAGE_COLUMNS = "id, kind, sender, message, channel, recipient, timestamp, source"
@@ -220,6 +224,65 @@ async def replace_token(db: Database, user_id: int, token: str) -> str | None:
     return await db.write(step)
 
 
+async def set_password(db: Database, user_id: int, password_hash: str, token: str) -> None:
+    """A new password hash and a new token, together (changepassword)."""
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "UPDATE users SET password_hash = ?, token = ? WHERE id = ?",
+            (password_hash, token, user_id),
+        )
+
+    await db.write(step)
+
+
+async def revoke_token(db: Database, token: str) -> int | None:
+    """Remove a token; the id of the user who had it, or None if no one had it."""
+
+    async def step(conn: aiosqlite.Connection) -> int | None:
+        async with conn.execute(
+            "UPDATE users SET token = NULL WHERE token = ? RETURNING id", (token,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return row["id"] if row else None
+
+    return await db.write(step)
+
+
+DELETED = "[deleted]"  # shown for the sender of DMs, and the text, of a deleted account
+
+
+async def delete_account(db: Database, user_id: int) -> list[Row]:
+    """Remove an account, its token and memberships, and its messages' text.
+
+    Its feed, channel and `discord` messages are deleted; the DMs it sent stay in the other
+    side's history as sender and text `[deleted]`, those it received show recipient
+    `[deleted]`. Returns the deleted messages (with the ids that say who could read them)."""
+
+    async def step(conn: aiosqlite.Connection) -> list[Row]:
+        async with conn.execute(
+            "SELECT id, kind, channel, sender_id, channel_id, recipient_id FROM messages"
+            " WHERE sender_id = ? AND kind != 'dm'",
+            (user_id,),
+        ) as cursor:
+            deleted = list(await cursor.fetchall())
+        await conn.execute("DELETE FROM messages WHERE sender_id = ? AND kind != 'dm'", (user_id,))
+        for message in deleted:
+            await _outbox_message_deleted(conn, message["id"])  # their Discord copies go too
+        await conn.execute(
+            "UPDATE messages SET sender = ?, message = ?, sender_id = NULL WHERE sender_id = ?",
+            (DELETED, DELETED, user_id),
+        )
+        await conn.execute(
+            "UPDATE messages SET recipient = ?, recipient_id = NULL WHERE recipient_id = ?",
+            (DELETED, user_id),
+        )
+        await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # links, memberships
+        return deleted
+
+    return await db.write(step, scrub=True)
+
+
 # --- channels ---------------------------------------------------------------------------
 
 
@@ -275,6 +338,32 @@ async def channels_of(db: Database, user_id: int) -> list[Row]:
     )
 
 
+async def channel_creator(db: Database, channel_id: int) -> int | None:
+    row = await db.fetch_one("SELECT creator_id FROM channels WHERE id = ?", (channel_id,))
+    return row["creator_id"] if row else None
+
+
+async def remove_member(db: Database, channel_id: int, user_id: int) -> bool:
+    """Remove a member; False if not one. The channel stays, even with no member left."""
+
+    async def step(conn: aiosqlite.Connection) -> bool:
+        cursor = await conn.execute(
+            "DELETE FROM members WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
+        )
+        return cursor.rowcount == 1
+
+    return await db.write(step)
+
+
+async def members_of(db: Database, channel_id: int) -> list[str]:
+    rows = await db.fetch_all(
+        "SELECT u.username FROM members AS m JOIN users AS u ON u.id = m.user_id"
+        " WHERE m.channel_id = ? ORDER BY m.user_id",
+        (channel_id,),
+    )
+    return [row["username"] for row in rows]
+
+
 # --- messages ---------------------------------------------------------------------------
 
 
@@ -290,10 +379,29 @@ async def insert_message(
     recipient_id: int | None = None,
     recipient: str | None = None,
     source: str = "api",
+    outbox: list[Row] | None = None,
+    nonce: str | None = None,
 ) -> Row:
-    """Store a message (and, for a DM, both sides' links); return the message object."""
+    """Store a message (and, for a DM, both sides' links); return the message object.
+
+    `outbox`: its Discord posts (bot.py plans them), committed in the same transaction.
+    `nonce`: if the sender used it in the last 24 hours, nothing is stored and the answer is
+    `{"id": <that message's id>, "repeat": True}` (checked inside the write gate, so two
+    concurrent requests with one nonce cannot both create a message)."""
 
     async def step(conn: aiosqlite.Connection) -> Row:
+        if nonce is not None:
+            await conn.execute(
+                "DELETE FROM nonces WHERE user_id = ? AND nonce = ? AND created_at < ?",
+                (sender_id, nonce, time.time() - NONCE_SECONDS),
+            )
+            async with conn.execute(
+                "SELECT message_id FROM nonces WHERE user_id = ? AND nonce = ?",
+                (sender_id, nonce),
+            ) as cursor:
+                seen = await cursor.fetchone()
+            if seen is not None:
+                return {"id": seen["message_id"], "repeat": True}
         row = {
             "kind": kind,
             "sender": sender,
@@ -326,9 +434,25 @@ async def insert_message(
                 "INSERT INTO dm_links (user_id, peer_id, message_id) VALUES (?, ?, ?)",
                 [(user, peer, message_id) for user, peer in links],
             )
+        if outbox:
+            await _outbox_insert(conn, message_id, outbox)
+        if nonce is not None:
+            await conn.execute(
+                "INSERT INTO nonces (user_id, nonce, message_id, created_at) VALUES (?, ?, ?, ?)",
+                (sender_id, nonce, message_id, time.time()),
+            )
         return {"id": message_id, **row}
 
     return await db.write(step)
+
+
+async def nonce_message(db: Database, user_id: int, nonce: str) -> int | None:
+    """The id of the message the user created with this nonce in the last 24 hours."""
+    row = await db.fetch_one(
+        "SELECT message_id FROM nonces WHERE user_id = ? AND nonce = ? AND created_at >= ?",
+        (user_id, nonce, time.time() - NONCE_SECONDS),
+    )
+    return row["message_id"] if row else None
 
 
 async def message_by_id(db: Database, message_id: int) -> Row | None:
@@ -344,44 +468,51 @@ async def delete_message(db: Database, message_id: int) -> bool:
 
     async def step(conn: aiosqlite.Connection) -> bool:
         cursor = await conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        await _outbox_message_deleted(conn, message_id)  # its Discord copies go too
         return cursor.rowcount == 1
 
     return await db.write(step, scrub=True)
 
 
-def _newest_first_to_oldest_first(rows: list[Row]) -> list[Row]:
-    rows.reverse()
+class Page(NamedTuple):
+    """Which messages of a list: ids between `after` and `before` (both excluded); the newest
+    `count` of them, or with `oldest` the oldest `count` (paging forwards from `after`).
+    Either way the list is ordered oldest first."""
+
+    count: int = 50
+    before: int = MAX_ID
+    after: int = 0
+    oldest: bool = False
+
+
+async def _page(
+    db: Database, select: str, where: str, params: tuple, id_column: str, page: Page
+) -> list[Row]:
+    """`select WHERE where`, within the page's id range and count, oldest first."""
+    order = "ASC" if page.oldest else "DESC"  # one of two constants, never user input
+    rows = await db.fetch_all(
+        f"{select} WHERE {where} AND {id_column} < ? AND {id_column} > ?"
+        f" ORDER BY {id_column} {order} LIMIT ?",
+        (*params, page.before, page.after, page.count),
+    )
+    if not page.oldest:
+        rows.reverse()
     return rows
 
 
-async def public_messages(db: Database, count: int, before: int) -> list[Row]:
-    return _newest_first_to_oldest_first(
-        await db.fetch_all(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE kind = 'public' AND id < ?"
-            " ORDER BY id DESC LIMIT ?",
-            (before, count),
-        )
-    )
+MESSAGES_SELECT = f"SELECT {MESSAGE_COLUMNS} FROM messages"
 
 
-async def channel_messages(db: Database, channel_id: int, count: int, before: int) -> list[Row]:
-    return _newest_first_to_oldest_first(
-        await db.fetch_all(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND id < ?"
-            " ORDER BY id DESC LIMIT ?",
-            (channel_id, before, count),
-        )
-    )
+async def public_messages(db: Database, page: Page) -> list[Row]:
+    return await _page(db, MESSAGES_SELECT, "kind = 'public'", (), "id", page)
 
 
-async def sent_messages(db: Database, user_id: int, count: int, before: int) -> list[Row]:
-    return _newest_first_to_oldest_first(
-        await db.fetch_all(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND id < ?"
-            " ORDER BY id DESC LIMIT ?",
-            (user_id, before, count),
-        )
-    )
+async def channel_messages(db: Database, channel_id: int, page: Page) -> list[Row]:
+    return await _page(db, MESSAGES_SELECT, "channel_id = ?", (channel_id,), "id", page)
+
+
+async def sent_messages(db: Database, user_id: int, page: Page) -> list[Row]:
+    return await _page(db, MESSAGES_SELECT, "sender_id = ?", (user_id,), "id", page)
 
 
 async def has_sent(db: Database, user_id: int) -> bool:
@@ -391,27 +522,242 @@ async def has_sent(db: Database, user_id: int) -> bool:
     return row is not None
 
 
-async def dms(
-    db: Database, user_id: int, count: int, before: int, peer_id: int | None = None
-) -> list[Row]:
+DM_SELECT = (
+    "SELECT m.id, m.kind, m.sender, m.message, m.channel, m.recipient, m.timestamp, m.source"
+    " FROM dm_links AS d JOIN messages AS m ON m.id = d.message_id"
+)
+
+
+async def dms(db: Database, user_id: int, page: Page, peer_id: int | None = None) -> list[Row]:
     """DMs the user sent or received, optionally with one peer only."""
-    columns = "m.id, m.kind, m.sender, m.message, m.channel, m.recipient, m.timestamp, m.source"
     if peer_id is None:
-        sql = (
-            f"SELECT {columns} FROM dm_links AS d JOIN messages AS m ON m.id = d.message_id"
-            " WHERE d.user_id = ? AND d.message_id < ? ORDER BY d.message_id DESC LIMIT ?"
-        )
-        params: tuple = (user_id, before, count)
-    else:
-        sql = (
-            f"SELECT {columns} FROM dm_links AS d JOIN messages AS m ON m.id = d.message_id"
-            " WHERE d.user_id = ? AND d.peer_id = ? AND d.message_id < ?"
-            " ORDER BY d.message_id DESC LIMIT ?"
-        )
-        params = (user_id, peer_id, before, count)
-    return _newest_first_to_oldest_first(await db.fetch_all(sql, params))
+        return await _page(db, DM_SELECT, "d.user_id = ?", (user_id,), "d.message_id", page)
+    where, params = "d.user_id = ? AND d.peer_id = ?", (user_id, peer_id)
+    return await _page(db, DM_SELECT, where, params, "d.message_id", page)
+
+
+async def readable_since(db: Database, user_id: int, after: int, limit: int) -> list[Row]:
+    """Every message the user may read with an id above `after`, oldest first, at most
+    `limit`: the feed, the user's channels, DMs and `discord` messages the user sent."""
+    page = Page(limit, MAX_ID, after, oldest=True)
+    lists = [await public_messages(db, page), await dms(db, user_id, page)]
+    for channel in await channels_of(db, user_id):
+        lists.append(await channel_messages(db, channel["channel_id"], page))
+    where = "sender_id = ? AND kind = 'discord'"
+    lists.append(await _page(db, MESSAGES_SELECT, where, (user_id,), "id", page))
+    return list(itertools.islice(heapq.merge(*lists, key=lambda m: m["id"]), limit))
 
 
 async def has_dms(db: Database, user_id: int) -> bool:
     row = await db.fetch_one("SELECT 1 AS yes FROM dm_links WHERE user_id = ? LIMIT 1", (user_id,))
     return row is not None
+
+
+# --- Discord bridge ---------------------------------------------------------------------
+# The outbox (discord_outbox) and the Discord users who have sent the bot a DM
+# (discord_users); bot.py is the only caller, apart from the two hooks in insert_message and
+# delete_message that keep a message and its Discord copies in one transaction.
+
+OUTBOX_COLUMNS = (
+    "id, message_id, part, dest, state, content, nonce, discord_channel_id,"
+    " discord_message_id, attempts, not_before"
+)
+
+
+async def _outbox_insert(conn: aiosqlite.Connection, message_id: int | None, rows: Any) -> None:
+    """Queue posts ({dest, part, content, nonce}) for a message, inside its transaction."""
+    created = now()
+    await conn.executemany(
+        "INSERT INTO discord_outbox (message_id, part, dest, state, content, nonce, created_at)"
+        " VALUES (?, ?, ?, 'post', ?, ?, ?)",
+        [(message_id, r["part"], r["dest"], r["content"], r["nonce"], created) for r in rows],
+    )
+
+
+async def _outbox_message_deleted(conn: aiosqlite.Connection, message_id: int) -> None:
+    """The message is deleted: its delivered copies are to be deleted on Discord, the rest
+    is dropped (waiting posts are never sent), and no copy of its text stays here."""
+    await conn.execute(
+        "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
+        " not_before = 0, last_error = NULL WHERE message_id = ? AND state = 'posted'",
+        (message_id,),
+    )
+    await conn.execute(
+        "DELETE FROM discord_outbox WHERE message_id = ? AND state IN ('post', 'failed')",
+        (message_id,),
+    )
+
+
+async def outbox_next(db: Database, dest: str) -> Row | None:
+    """The oldest row of a destination that still has work (a post or a delete)."""
+    return await db.fetch_one(
+        f"SELECT {OUTBOX_COLUMNS} FROM discord_outbox"
+        " WHERE dest = ? AND state IN ('post', 'delete') ORDER BY id LIMIT 1",
+        (dest,),
+    )
+
+
+async def outbox_dests(db: Database) -> list[str]:
+    """Every destination with work left (at start: resume after a restart)."""
+    rows = await db.fetch_all(
+        "SELECT DISTINCT dest FROM discord_outbox WHERE state IN ('post', 'delete')"
+    )
+    return [row["dest"] for row in rows]
+
+
+async def outbox_dests_of_message(db: Database, message_id: int) -> list[str]:
+    """The destinations with a copy of the message to delete."""
+    rows = await db.fetch_all(
+        "SELECT dest FROM discord_outbox WHERE message_id = ? AND state = 'delete'",
+        (message_id,),
+    )
+    return list(dict.fromkeys(row["dest"] for row in rows))
+
+
+async def outbox_outcome(db: Database, message_id: int) -> str:
+    """How a message's delivery stands: "sent" (every post accepted), "refused" (one refused
+    for good) or "queued" (still trying). Same words as bot.SENT, bot.REFUSED, bot.QUEUED."""
+    rows = await db.fetch_all(
+        "SELECT state FROM discord_outbox WHERE message_id = ?", (message_id,)
+    )
+    states = {row["state"] for row in rows}
+    if "failed" in states:
+        return "refused"
+    return "sent" if states <= {"posted"} else "queued"
+
+
+async def outbox_posted(
+    db: Database, row: Row, discord_channel_id: int, discord_message_id: int
+) -> bool:
+    """Discord accepted a post: keep its ids, drop its text. If the message was deleted while
+    the post was in flight, queue the deletion of the new copy instead; False then."""
+
+    async def step(conn: aiosqlite.Connection) -> bool:
+        cursor = await conn.execute(
+            "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL,"
+            " discord_channel_id = ?, discord_message_id = ? WHERE id = ? AND state = 'post'",
+            (discord_channel_id, discord_message_id, row["id"]),
+        )
+        if cursor.rowcount == 1:
+            return True
+        await conn.execute(
+            "INSERT INTO discord_outbox (message_id, part, dest, state, nonce,"
+            " discord_channel_id, discord_message_id, created_at)"
+            " VALUES (?, ?, ?, 'delete', ?, ?, ?, ?)",
+            (
+                row["message_id"],
+                row["part"],
+                row["dest"],
+                row["nonce"],
+                discord_channel_id,
+                discord_message_id,
+                now(),
+            ),
+        )
+        return False
+
+    return await db.write(step)
+
+
+async def outbox_done(db: Database, row_id: int) -> None:
+    """A Discord copy is deleted: nothing is left to do or to remember for it."""
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        await conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row_id,))
+
+    await db.write(step)
+
+
+async def outbox_retry(db: Database, row_id: int, not_before: float, error: str) -> None:
+    """A transient failure: try again at `not_before` (Unix time)."""
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "UPDATE discord_outbox SET attempts = attempts + 1, not_before = ?, last_error = ?"
+            " WHERE id = ?",
+            (not_before, error, row_id),
+        )
+
+    await db.write(step)
+
+
+async def outbox_refused(db: Database, row: Row, error: str) -> list[str]:
+    """Discord refused a row for good: it and the waiting parts of the same message fail
+    (never retried, text dropped). Returns the nonces of the failed posts."""
+
+    async def step(conn: aiosqlite.Connection) -> list[str]:
+        if row["state"] != "post" or row["message_id"] is None:
+            await conn.execute(
+                "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
+                " WHERE id = ?",
+                (error, row["id"]),
+            )
+            return [row["nonce"]] if row["state"] == "post" else []
+        async with conn.execute(
+            "SELECT nonce FROM discord_outbox WHERE message_id = ? AND state = 'post'",
+            (row["message_id"],),
+        ) as cursor:
+            nonces = [r["nonce"] for r in await cursor.fetchall()]
+        await conn.execute(
+            "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
+            " WHERE message_id = ? AND state = 'post'",
+            (error, row["message_id"]),
+        )
+        return nonces
+
+    return await db.write(step)
+
+
+async def outbox_redirect(db: Database, old_dest: str, new_dest: str) -> None:
+    """Posts planned under a channel name now know their Discord channel."""
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "UPDATE discord_outbox SET dest = ? WHERE dest = ?"
+            " AND state IN ('post', 'delete') AND state = 'post'",  # the IN: the partial index
+            (new_dest, old_dest),
+        )
+
+    await db.write(step)
+
+
+async def outbox_drop(db: Database, dest: str) -> None:
+    """Posts planned under a channel name that turned out not to be bridged."""
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "DELETE FROM discord_outbox WHERE dest = ? AND state IN ('post', 'delete')"
+            " AND state = 'post'",  # the IN: the partial index
+            (dest,),
+        )
+
+    await db.write(step, scrub=True)
+
+
+async def remember_discord_user(
+    db: Database, user_id: int, username: str, confirmation: Any
+) -> bool:
+    """A Discord user DMed the bot: remember (or refresh) them. The first time, queue the
+    confirmation posts in the same transaction and return True."""
+
+    async def step(conn: aiosqlite.Connection) -> bool:
+        async with conn.execute("SELECT 1 AS yes FROM discord_users WHERE id = ?", (user_id,)) as c:
+            known = await c.fetchone() is not None
+        await conn.execute(
+            "INSERT INTO discord_users (id, username, seen_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET username = excluded.username,"
+            " seen_at = excluded.seen_at",
+            (user_id, username, now()),
+        )
+        if not known:
+            await _outbox_insert(conn, None, confirmation)
+        return not known
+
+    return await db.write(step)
+
+
+async def discord_user_by_name(db: Database, username: str) -> Row | None:
+    return await db.fetch_one(
+        "SELECT id, username FROM discord_users WHERE username = ? ORDER BY seen_at DESC LIMIT 1",
+        (username,),
+    )

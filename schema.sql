@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS channels (
     creator_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
     created_at TEXT NOT NULL
 );
+-- deleteaccount: the foreign key's ON DELETE SET NULL finds the account's channels.
+CREATE INDEX IF NOT EXISTS channels_by_creator ON channels (creator_id);
 
 CREATE TABLE IF NOT EXISTS members (
     channel_id INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
@@ -47,6 +49,8 @@ CREATE INDEX IF NOT EXISTS messages_by_kind ON messages (kind, id);
 CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (channel_id, id);
 -- getmysentmessages.
 CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (sender_id, id);
+-- deleteaccount: the foreign key's ON DELETE SET NULL finds the DMs the account received.
+CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (recipient_id);
 
 -- getdms: one row per side of a DM (one row for a DM to oneself), so "my DMs" and
 -- "my DMs with one user" are each a single index range.
@@ -58,3 +62,56 @@ CREATE TABLE IF NOT EXISTS dm_links (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dm_links_by_peer ON dm_links (user_id, peer_id, message_id);
 CREATE INDEX IF NOT EXISTS dm_links_by_message ON dm_links (message_id);
+-- deleteaccount: the foreign key's ON DELETE SET NULL finds the account's peers' links.
+CREATE INDEX IF NOT EXISTS dm_links_by_peer_id ON dm_links (peer_id);
+
+-- Idempotent sends: a client's `nonce` for a message it created, for 24 hours. A repeat of
+-- the nonce by the same user returns that message instead of creating another.
+CREATE TABLE IF NOT EXISTS nonces (
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    nonce      TEXT NOT NULL,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    created_at REAL NOT NULL,                  -- Unix time
+    PRIMARY KEY (user_id, nonce)
+) WITHOUT ROWID;
+-- deletemessage: the foreign key's ON DELETE CASCADE finds a message's nonce.
+CREATE INDEX IF NOT EXISTS nonces_by_message ON nonces (message_id);
+
+-- Discord bridge (SPEC section 6, bot.py).
+-- The outbox: one row per post bound for Discord (a text over 2000 characters is several
+-- posts), committed with its message. `state`: 'post' (to deliver), 'posted' (Discord has it:
+-- its ids are kept so deletemessage can delete the copy), 'delete' (a copy to delete on
+-- Discord), 'failed' (refused for good; never retried). `dest` is the delivery queue:
+-- 'channel:<Discord channel id>', 'user:<Discord user id>' (a DM), or 'name:<channel name>'
+-- (a mirror planned before the guild's channels were known). `content` is kept only while
+-- the post waits. `nonce` makes Discord return the message it already created instead of
+-- posting a retry twice. `not_before`: Unix time of the next attempt (backoff).
+CREATE TABLE IF NOT EXISTS discord_outbox (
+    id                 INTEGER PRIMARY KEY,
+    message_id         INTEGER,                -- the Button API message; NULL: the bot's own
+    part               INTEGER NOT NULL DEFAULT 0,
+    dest               TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('post', 'posted', 'delete', 'failed')),
+    content            TEXT,
+    nonce              TEXT NOT NULL,
+    discord_channel_id INTEGER,
+    discord_message_id INTEGER,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    not_before         REAL NOT NULL DEFAULT 0,
+    last_error         TEXT,
+    created_at         TEXT NOT NULL
+);
+-- Each destination's worker: its oldest row with work left; the destinations with work left.
+CREATE INDEX IF NOT EXISTS discord_outbox_due ON discord_outbox (dest, id)
+    WHERE state IN ('post', 'delete');
+-- deletemessage: the Discord copies of a message.
+CREATE INDEX IF NOT EXISTS discord_outbox_by_message ON discord_outbox (message_id);
+
+-- Discord users known to the bot: they have sent it a DM. A username can move to another
+-- account; the newest sighting wins.
+CREATE TABLE IF NOT EXISTS discord_users (
+    id       INTEGER PRIMARY KEY,                -- the Discord user id
+    username TEXT NOT NULL COLLATE NOCASE,
+    seen_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS discord_users_by_name ON discord_users (username, seen_at);

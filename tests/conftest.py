@@ -5,6 +5,7 @@ fixtures give each test a fresh server and database.
 """
 
 import json
+import logging
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from contract import check_response
 
 PASSWORD = "Passw0rd!"  # SPEC §2: 8-20 chars, a digit, an uppercase letter, a symbol, no spaces
 TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -86,9 +88,12 @@ def db_file_bytes(path) -> bytes:
 
 
 async def answer(resp) -> tuple[int, dict]:
-    """(status, JSON body) of a response; every answer must be JSON (SPEC §1)."""
+    """(status, JSON body) of a response; every answer must be JSON (SPEC §1) and one that
+    static/openapi.json documents for its path, method and status (tests/contract.py)."""
     assert resp.content_type == "application/json", await resp.text()
-    return resp.status, await resp.json()
+    body = await resp.json()
+    check_response(resp.method, resp.url.path, resp.status, resp.headers, body)
+    return resp.status, body
 
 
 class Api:
@@ -132,6 +137,34 @@ class Api:
     async def dm(self, token, username, text) -> int:
         body = {"token": token, "username": username, "message": text}
         return (await self.ok("senddm", body))["id"]
+
+
+# --- no secret in any log line, in any test -------------------------------------------------
+
+# Every password the suite uses often, and the fake bot token; a user token is any UUID4.
+SECRETS = (PASSWORD, "Wr0ng!Pass", "S3cret!Pass", "fake-bot-token")
+SECRET_RE = re.compile("|".join([UUID4_RE.pattern, *map(re.escape, SECRETS)]))
+logging.getLogger("aiosqlite").setLevel(logging.INFO)  # it logs every call at DEBUG
+
+
+def leaked_secrets(lines):
+    return [line for line in lines if SECRET_RE.search(line)]
+
+
+def _record_text(record: logging.LogRecord) -> str:
+    text = record.getMessage()
+    if record.exc_info:
+        text += "\n" + logging.Formatter().formatException(record.exc_info)
+    return text
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_logs(caplog):
+    """Every test, the whole run: no log record (DEBUG and up, see pytest.ini) holds a
+    password, a user token or the bot token."""
+    yield
+    records = [r for when in ("setup", "call") for r in caplog.get_records(when)]
+    assert leaked_secrets(_record_text(r) for r in records) == []
 
 
 @pytest.fixture
@@ -180,10 +213,12 @@ def http(port, path, body=None, timeout=5.0):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
+            status, headers, got = resp.status, resp.headers, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         with err:
-            return err.code, json.loads(err.read())
+            status, headers, got = err.code, err.headers, json.loads(err.read())
+    check_response(req.get_method(), path, status, headers, got)  # see `answer`
+    return status, got
 
 
 class Server:
@@ -218,6 +253,8 @@ class Server:
             self.proc.kill()
         self.proc.wait()
         self.log.close()
+        lines = Path(self.log.name).read_text(errors="replace").splitlines()
+        assert leaked_secrets(lines) == []
 
 
 @pytest.fixture

@@ -81,7 +81,8 @@ Public API
 ----------
 ``FakeDiscord(*, guild_id=..., guild_name=..., channels={name: id}, members=[user dicts],
 token=..., bot_id=..., bot_name=..., heartbeat_interval_ms=41250, echo_own_messages=True,
-disallowed_intents=0)``
+disallowed_intents=0, port=0)`` (``port``: a fixed loopback port, e.g. to come up where a
+client is already trying to connect; 0 lets the OS pick)
 
 * ``await fake.start()`` / ``await fake.close()``
 * ``fake.api_base``, ``fake.gateway_url``, ``fake.token``, ``fake.bot_user`` (dict),
@@ -101,7 +102,9 @@ disallowed_intents=0)``
     - ``fake.messages``: ``{channel_id: [PostedMessage, ...]}`` for successful
       bot posts (``id``, ``channel_id``, ``content``, ``allowed_mentions``,
       ``body``, ``files``, ``deleted``, ``edits``); ``fake.contents(channel)``
-      returns the posted contents.
+      returns the posted contents. A post with ``nonce`` and ``enforce_nonce: true``
+      whose nonce was used before returns that earlier message and posts nothing
+      (Discord checks "the past few minutes"; the fake remembers every nonce).
     - ``fake.edited``: list of ``(channel_id, message_id, json_body)``;
       ``fake.deleted``: list of ``(channel_id, message_id)``.
     - Gateway: ``fake.identifies`` (IDENTIFY ``d`` payloads), ``fake.intents``
@@ -315,6 +318,7 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41250,
         echo_own_messages: bool = True,
         disallowed_intents: int = 0,
+        port: int = 0,
     ) -> None:
         self.guild_id = int(guild_id)
         self.guild_name = guild_name
@@ -324,6 +328,7 @@ class FakeDiscord:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.echo_own_messages = echo_own_messages
         self.disallowed_intents = disallowed_intents
+        self._requested_port = port  # 0: the OS picks a free port
         self.bot_user: dict = {
             "id": str(self.bot_id),
             "username": bot_name,
@@ -361,6 +366,7 @@ class FakeDiscord:
         self._dm_channels: dict[int, int] = {}  # user id -> dm channel id
         self._all_messages: dict[int, dict] = {}  # message id -> message object
         self._cdn: dict[str, tuple[bytes, str]] = {}
+        self._nonces: dict[str, dict] = {}  # nonce -> message created with it (enforce_nonce)
         self._session: _Session | None = None
         self._live: _Conn | None = None
         self._conns: set[_Conn] = set()
@@ -382,7 +388,7 @@ class FakeDiscord:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self._requested_port))
         self._port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
@@ -1145,6 +1151,11 @@ class FakeDiscord:
         if self._channel_obj(cid) is None:
             return _error(404, 10003)
         body = body if isinstance(body, dict) else {}
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):
+            earlier = self._nonces.get(str(nonce))
+            if earlier is not None:  # like Discord: the earlier message, nothing new is posted
+                return _json_response(self._public(earlier))
         content = body.get("content")
         if not content and not files and not body.get("embeds"):
             return _json_response({"message": "Cannot send an empty message", "code": 50006}, 400)
@@ -1176,6 +1187,8 @@ class FakeDiscord:
             time=asyncio.get_running_loop().time(),
         )
         self.messages[cid].append(posted)
+        if nonce is not None:
+            self._nonces[str(nonce)] = msg
         await self._notify()
         if self._is_guild_channel(cid):
             echo = dict(

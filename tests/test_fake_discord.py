@@ -321,3 +321,15 @@ async def test_file_upload_and_injected_attachment(bot, fake):
     (att,) = msg.attachments
     assert att.filename == "b.txt" and att.size == 5 and att.content_type == "text/plain"
     assert await att.read() == b"hello"
+
+
+async def test_enforce_nonce_returns_the_earlier_message(bot, fake):
+    channel = bot.get_channel(BRIDGE)
+    first = await channel.send("once", nonce="n-1")  # discord.py adds enforce_nonce: true
+    assert fake.calls[-1][2]["enforce_nonce"] is True
+    again = await channel.send("once", nonce="n-1")
+    assert again.id == first.id
+    assert fake.contents(BRIDGE) == ["once"]
+    other = await channel.send("twice", nonce="n-2")
+    assert other.id != first.id
+    assert fake.contents(BRIDGE) == ["once", "twice"]

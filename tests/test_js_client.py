@@ -112,3 +112,26 @@ async def test_bad_token_is_refused_with_a_reason(api, js):
     assert await refused.next("connect_error") == "Invalid token!"
     emitted = await js("not-a-token", "emit")
     assert await emitted.next("api_v3_error") == {"message": "Invalid token!"}
+
+
+async def test_sigterm_with_a_connected_client_exits_0_within_15_seconds(tmp_path, servers):
+    """SPEC §7: every socket is closed and the process exits 0 within 15 s; a browser-like
+    client does not hold the shutdown up."""
+    import signal
+
+    from conftest import PASSWORD, free_port, http
+
+    port = free_port()
+    server = servers("--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "j.db"))
+    await asyncio.to_thread(server.wait_ready, port)
+    creds = {"username": "alice", "password": PASSWORD}
+    assert (await asyncio.to_thread(http, port, "/api/v3/register/", creds))[0] == 201
+    _, made = await asyncio.to_thread(http, port, "/api/v3/generatetoken/", creds)
+    client = await JsClient.start(f"http://127.0.0.1:{port}", made["token"], "auth")
+    try:
+        await client.next("ready")
+        server.proc.send_signal(signal.SIGTERM)
+        assert await client.next("disconnect") == "io server disconnect"
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    finally:
+        await client.close()

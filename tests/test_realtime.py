@@ -45,9 +45,10 @@ class Sock:
         return self
 
     async def auth(self, token):
-        """api_v3_connect; returns the answer event (ready or api_v3_error)."""
+        """api_v3_connect with a token (or a whole dict); the answer: ready or api_v3_error."""
         seen = len(self.events)
-        await self.client.emit("api_v3_connect", {"token_api_v3": token})
+        data = token if isinstance(token, dict) else {"token_api_v3": token}
+        await self.client.emit("api_v3_connect", data)
         return await self.next(("ready", "api_v3_error"), after=seen)
 
     async def next(self, names, after=0):
@@ -322,3 +323,30 @@ async def test_old_token_is_refused_on_sockets_after_rotation(api, sock):
     await api.ok("generatetoken", {"username": "Alice", "password": "Passw0rd!"})
     s = await sock()
     assert await s.auth(alice) == ("api_v3_error", {"message": "Invalid token!"})
+
+
+# --- shutdown ---------------------------------------------------------------------------
+
+
+async def test_shutdown_closes_every_socket_polling_ones_too(config):
+    from aiohttp.test_utils import TestClient, TestServer
+    from conftest import Api
+
+    from buttonapi import create_app
+
+    server = TestServer(await create_app(config))
+    async with TestClient(server) as client:
+        (alice,) = await users(Api(client), "Alice")
+        url = str(client.make_url("/"))
+        socks = [
+            await Sock(url, "websocket").connect(),
+            await Sock(url, "polling").connect(),
+            await Sock(url, "websocket").connect({"token_api_v3": alice}),
+            await Sock(url, "polling").connect({"token_api_v3": alice}),
+        ]
+        left = await Sock(url, "polling").connect({"token_api_v3": alice})
+        await left.close()  # its last long-poll GET must not hold the shutdown up
+        await asyncio.wait_for(server.close(), 10)  # on_shutdown, requests in flight, cleanups
+        for s in socks:
+            await s.next("disconnect")
+            assert not s.client.connected

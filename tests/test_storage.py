@@ -5,11 +5,13 @@ both of its connections) while a client walks through every endpoint, then asks 
 each statement's query plan: a full table scan or a sort outside an index fails it.
 """
 
+import asyncio
 import re
 import sqlite3
 import stat
 from contextlib import closing
 
+import socketio
 from conftest import PASSWORD
 
 
@@ -39,9 +41,33 @@ async def walk_every_endpoint(api):
     await api.ok("getdms", {"token": bob, "username": "alice", "count": 5, "before": 10**6})
     await api.post("getdms", {"token": carol})
     await api.ok("readmessagesfromchannel", {"token": bob, "message_id": dm_id})
+    # beyond the seed: paging forwards, catch-up, membership, token and account control
+    await api.ok("getmessagesforeveryone", {"token": bob, "after": 0, "count": 10})
+    await api.ok("readmessagesfromchannel", {"token": bob, "name": "general", "after": 1})
+    await api.ok("getdms", {"token": bob, "username": "alice", "after": 1})
+    await api.ok("getmysentmessages", {"token": alice, "after": 1})
+    sio = socketio.AsyncClient(reconnection=False)
+    replayed = asyncio.get_running_loop().create_future()
+    sio.on("replay", replayed.set_result)
+    await sio.connect(
+        str(api.client.make_url("/")),
+        transports=["websocket"],
+        auth={"token_api_v3": bob, "last_message_id": 0},
+    )
+    await asyncio.wait_for(replayed, 5)
+    await sio.disconnect()
+    await api.ok("getchannelmembers", {"token": bob, "name": "general"})
+    await api.ok("removeuserfromchannel", {"token": alice, "name": "general", "username": "bob"})
+    await api.ok("addusertochannel", {"token": alice, "name": "general", "username": "bob"})
+    await api.ok("leavechannel", {"token": bob, "name": "general"})
     for message_id in (public_id, channel_msg, dm_id):
         await api.ok("deletemessage", {"token": alice, "message_id": message_id})
-    await api.ok("generatetoken", creds)
+    await api.ok("changepassword", {**creds, "new_password": "N3w!Passw0rd"})
+    await api.ok("revoketoken", {"token": carol})
+    await api.public(bob, "bob's last word")
+    await api.dm(bob, "alice", "bye")
+    await api.ok("generatetoken", {"username": "alice", "password": "N3w!Passw0rd"})
+    await api.ok("deleteaccount", {"username": "bob", "password": PASSWORD})
 
 
 def bad_plan_lines(conn, statement):

@@ -1,0 +1,642 @@
+"""The Discord bridge of Button API V3 (SPEC section 6).
+
+One discord.py client runs on the server's own event loop. `Bridge` owns it and adds:
+
+* the outbound side: every message bound for Discord is planned here as outbox rows (one per
+  post of at most 2000 characters), committed by db.py in the same transaction as its message,
+  and delivered by one worker task per destination, so a destination that fails or hangs never
+  delays another;
+* the inbound side: Discord users' messages in the bridge channel and in bridged text channels
+  become Button API messages; a DM to the bot makes its author known to the bridge.
+
+Delivery is at-least-once with Discord's own duplicate guard: every post carries a nonce kept in
+its outbox row and is sent with `enforce_nonce` (discord.py does that whenever a nonce is given),
+so a post retried after a timeout or a crash between Discord's accept and our commit returns the
+message Discord already created (Discord checks nonces over the past few minutes) instead of
+posting it again. The Discord id is committed before the row counts as delivered.
+
+bot.py never imports buttonapi.py: the server passes in the Database and a `publish` callable
+that pushes a stored message to Socket.IO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import aiohttp
+import discord
+import discord.gateway
+import discord.http
+import yarl
+
+import db
+
+log = logging.getLogger("buttonapi.bot")
+
+MAX_POST = 2000  # Discord's limit, in code points
+PUBLIC_PREFIX = "**{username}**: "
+DM_PREFIX = "**{username}** via Button API: "
+CONFIRMATION = (
+    "Hi {name}! You are now known to Button API: its users can message you here with"
+    " senddcmsg and your username ({username})."
+)
+
+# Outbox row states (schema.sql): work to do, delivered, a Discord copy to delete, refused.
+POST, POSTED, DELETE, FAILED = "post", "posted", "delete", "failed"
+# senddcmsg outcomes of the first delivery attempt.
+SENT, REFUSED, QUEUED = "sent", "refused", "queued"
+
+GLOBAL = "global"  # rate-limit hold keys: GLOBAL, DM_CREATE or a Discord channel id
+DM_CREATE = "dm-create"
+_CHANNEL_PATH = re.compile(r"/channels/(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How long the bridge waits on Discord. Defaults are the production values."""
+
+    send_wait: float = 10.0  # senddcmsg waits at most this for the first attempt (SPEC 6)
+    attempt_timeout: float = 60.0  # one attempt, discord.py's own retries included
+    backoff: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300)  # then the last, forever
+    guild_ready_timeout: float = 2.0  # discord.py: wait for GUILD_CREATEs before on_ready
+
+    def retry_delay(self, attempts: int) -> float:
+        """The pause after the `attempts`-th failed attempt (1-based)."""
+        return self.backoff[min(max(attempts, 1), len(self.backoff)) - 1]
+
+
+def ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only: names compare like SQLite's NOCASE."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def split_text(text: str, limit: int = MAX_POST) -> list[str]:
+    """Posts of at most `limit` characters, cut at whitespace where possible.
+
+    The whitespace at a cut is dropped (Discord trims it anyway); no part is blank."""
+    parts = []
+    text = text.strip()
+    while len(text) > limit:
+        cut = next((i for i in range(limit, 0, -1) if text[i].isspace()), None)
+        if cut is None:
+            head, text = text[:limit], text[limit:]
+        else:
+            head, text = text[:cut], text[cut + 1 :]
+        parts.append(head.rstrip())
+        text = text.lstrip()
+    if text:
+        parts.append(text)
+    return parts
+
+
+def plan(dest: str, text: str) -> list[db.Row]:
+    """The outbox rows that post `text` to `dest`, one per part, each with its own nonce."""
+    return [
+        {"dest": dest, "part": part, "content": content, "nonce": secrets.token_hex(12)}
+        for part, content in enumerate(split_text(text))
+    ]
+
+
+def inbound_text(message: discord.Message) -> str:
+    """The text as stored: the content, then each attachment's URL on its own line."""
+    lines = [message.content] if message.content else []
+    lines += [attachment.url for attachment in message.attachments]
+    return "\n".join(lines)
+
+
+class Delivery:
+    """The first attempt of each part of one senddcmsg message, as futures."""
+
+    def __init__(self, futures: list[asyncio.Future[str]], wait: float) -> None:
+        self.futures = futures
+        self.wait_limit = wait
+
+    async def outcome(self) -> str:
+        """SENT when every part was accepted, REFUSED as soon as one is refused for good,
+        QUEUED on a transient failure or when `wait_limit` seconds pass first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_limit
+        pending = set(self.futures)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                return QUEUED
+            results = {future.result() for future in done}
+            if REFUSED in results:
+                return REFUSED
+            if QUEUED in results:
+                return QUEUED
+        return SENT
+
+
+class _Client(discord.Client):
+    """The discord.py client; every event is handed to the Bridge."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = True  # privileged: enabled in the developer portal
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(bridge._request_ended)
+        super().__init__(
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=bridge.timing.guild_ready_timeout,
+            max_ratelimit_timeout=30.0,  # longer 429s raise RateLimited: the outbox waits
+            max_messages=None,
+            http_trace=trace,
+        )
+        self.bridge = bridge
+
+    async def setup_hook(self) -> None:
+        await self.bridge._logged_in(self)
+
+    async def on_ready(self) -> None:
+        self.bridge._connection_changed(self, True)
+
+    async def on_resumed(self) -> None:
+        self.bridge._connection_changed(self, True)
+
+    async def on_disconnect(self) -> None:
+        self.bridge._connection_changed(self, False)
+
+    async def on_message(self, message: discord.Message) -> None:
+        self.bridge._inbound.put_nowait(message)  # one queue keeps Discord's order
+
+
+class Bridge:
+    """The Discord bridge: client, outbox workers and inbound handling.
+
+    Use as `async with Bridge(...)`; without a token it is disabled and plans nothing."""
+
+    def __init__(
+        self,
+        database: db.Database,
+        publish: Callable[[db.Row, int | None], None],
+        *,
+        token: str,
+        guild_id: int,
+        channel_id: int,
+        api_base: str = "",
+        gateway_url: str = "",
+        timing: Timing | None = None,
+    ) -> None:
+        self.database = database
+        self.publish = publish
+        self.token = token
+        self.guild_id = guild_id
+        self.channel_id = channel_id
+        self.api_base = api_base
+        self.gateway_url = gateway_url
+        self.timing = timing or Timing()
+        self.client: _Client | None = None
+        self.ever_ready = False
+        self._connected = False
+        self._closing = False
+        self._online = asyncio.Event()  # logged in: REST works (the gateway need not)
+        self._guild_seen = asyncio.Event()
+        self._channels: list[tuple[int, str]] | None = None  # last known (id, name), in order
+        self._inbound: asyncio.Queue[discord.Message] = asyncio.Queue()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._holds: dict[Any, float] = {}  # key -> loop time before which nothing is sent
+        self._dm_channels: dict[int, int] = {}  # Discord user id -> DM channel id
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._saved_urls: tuple[str, yarl.URL] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+    @property
+    def state(self) -> str:
+        """For GET /api/v3/health/: disabled, connected or disconnected."""
+        if not self.enabled:
+            return "disabled"
+        return "connected" if self._connected else "disconnected"
+
+    @property
+    def available(self) -> bool:
+        """senddcmsg is possible: the bot has become ready once since the server started."""
+        return self.enabled and self.ever_ready
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Bridge:
+        if self.enabled:
+            self._point_discord_py()
+            self._consumer = asyncio.create_task(self._consume(), name="discord-inbound")
+            self._runner = asyncio.create_task(self._run(), name="discord-client")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if not self.enabled:
+            return
+        self._closing = True
+        workers = list(self._workers.values())
+        for task in workers:  # an attempt in flight stays in the outbox: retried, same nonce
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_result(QUEUED)
+        if self.client is not None:
+            await self.client.close()  # closes the gateway cleanly
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._runner), 5)
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # store what Discord had already sent us
+            await asyncio.wait_for(self._inbound.join(), 5)
+        tasks = [self._consumer, *self._tasks] if self._consumer else list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._restore_discord_py()
+
+    def _point_discord_py(self) -> None:
+        # discord.py keeps its REST base and gateway URL in two class attributes; pointing them
+        # at DISCORD_API_BASE / DISCORD_GATEWAY_URL is how the bot reaches a Discord-compatible
+        # server (the tests' fake). They are process-global, so the old values are restored
+        # when the bridge stops.
+        self._saved_urls = (
+            discord.http.Route.BASE,
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
+        )
+        if self.api_base:
+            discord.http.Route.BASE = self.api_base.rstrip("/")
+        if self.gateway_url:
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
+
+    def _restore_discord_py(self) -> None:
+        if self._saved_urls is not None:
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = (
+                self._saved_urls
+            )
+
+    async def _run(self) -> None:
+        """Run the client; discord.py reconnects the gateway itself. If it stops anyway
+        (Discord unreachable at login, a fatal close), start a fresh client after a pause."""
+        failures = 0
+        while not self._closing:
+            client = self.client = _Client(self)
+            try:
+                await client.start(self.token)
+                return  # closed by __aexit__
+            except discord.LoginFailure:
+                log.error("Discord refused the bot token; the bridge is off until a restart")
+                return
+            except discord.PrivilegedIntentsRequired:
+                log.error("enable the Message Content intent of the bot (see README)")
+                return
+            except Exception:
+                failures += 1
+                log.exception("the Discord client stopped; starting again")
+            finally:
+                self._online.clear()
+                self._connected = False
+                await client.close()
+            await asyncio.sleep(self.timing.retry_delay(failures))
+
+    async def _logged_in(self, client: _Client) -> None:
+        """setup_hook: REST works from here; resume every destination with work left."""
+        if self.api_base and not self.gateway_url:  # a custom REST base names its gateway
+            _shards, url, _limits = await client.http.get_bot_gateway()
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        self._online.set()
+        for dest in await db.outbox_dests(self.database):
+            self._kick(dest)
+
+    def _connection_changed(self, client: _Client, connected: bool) -> None:
+        if client is not self.client:
+            return
+        self._connected = connected
+        if connected:
+            self.ever_ready = True
+            if self._text_channels() is not None:
+                self._guild_seen.set()
+
+    # --- which Discord channel is bridged --------------------------------------------------
+
+    def _text_channels(self) -> list[tuple[int, str]] | None:
+        """The guild's text channels (id, name) in Discord's order: live when the guild is
+        cached, else the last ones seen; None before the guild was ever seen."""
+        guild = self.client.get_guild(self.guild_id) if self.client else None
+        if guild is not None and not guild.unavailable:
+            self._channels = [(channel.id, channel.name) for channel in guild.text_channels]
+        return self._channels
+
+    def bridged_channel(self, name: str) -> int | None:
+        """The Discord text channel bridged to the Button API channel `name`, if any.
+
+        Same name, ASCII letters case-insensitive; never the bridge channel."""
+        key = ascii_lower(name)
+        for channel_id, channel_name in self._text_channels() or ():
+            if channel_id != self.channel_id and ascii_lower(channel_name) == key:
+                return channel_id
+        return None
+
+    # --- outbound: planning (before the commit) --------------------------------------------
+
+    def plan_public(self, username: str, text: str) -> list[db.Row]:
+        """The mirror of a senddcmsgwithtoken message in the bridge channel."""
+        if not (self.enabled and self.channel_id):
+            return []
+        return plan(f"channel:{self.channel_id}", PUBLIC_PREFIX.format(username=username) + text)
+
+    def plan_channel(self, name: str, username: str, text: str) -> list[db.Row]:
+        """The mirror of a sendmessage message, if its channel is bridged. Before the guild
+        was ever seen the rows wait under the channel's name until it can be resolved."""
+        if not (self.enabled and self.guild_id):
+            return []
+        content = PUBLIC_PREFIX.format(username=username) + text
+        channel_id = self.bridged_channel(name)
+        if channel_id is not None:
+            return plan(f"channel:{channel_id}", content)
+        return plan(f"name:{name}", content) if self._channels is None else []
+
+    async def plan_direct(
+        self, user_id: int, username: str, target: str, text: str
+    ) -> list[db.Row]:
+        """senddcmsg: a bridged channel the sender is a member of, else a Discord user known
+        to the bot; [] when neither (400)."""
+        channel = await db.channel_by_name(self.database, target)
+        if channel is not None and await db.is_member(self.database, channel["id"], user_id):
+            channel_id = self.bridged_channel(channel["name"])
+            if channel_id is not None:
+                return plan(f"channel:{channel_id}", PUBLIC_PREFIX.format(username=username) + text)
+        known = await db.discord_user_by_name(self.database, target)
+        if known is not None:
+            return plan(f"user:{known['id']}", DM_PREFIX.format(username=username) + text)
+        return []
+
+    # --- outbound: after the commit ----------------------------------------------------------
+
+    def kick(self, rows: Iterable[db.Row]) -> None:
+        """Committed rows are waiting: wake their destinations' workers."""
+        for dest in {row["dest"] for row in rows}:
+            self._kick(dest)
+
+    @contextlib.contextmanager
+    def watch(self, rows: list[db.Row]) -> Iterator[Delivery]:
+        """Follow the first attempt of each row (register before the rows are committed)."""
+        loop = asyncio.get_running_loop()
+        futures = {row["nonce"]: loop.create_future() for row in rows}
+        self._waiters.update(futures)
+        try:
+            yield Delivery(list(futures.values()), self.timing.send_wait)
+        finally:
+            for nonce in futures:
+                self._waiters.pop(nonce, None)
+
+    def message_deleted(self, message_id: int) -> None:
+        """The message is gone (db.delete_message queued its Discord copies' deletion)."""
+        if self.enabled:
+            self._spawn(self._kick_deletions(message_id))
+
+    async def _kick_deletions(self, message_id: int) -> None:
+        for dest in await db.outbox_dests_of_message(self.database, message_id):
+            self._kick(dest)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _resolve(self, nonces: Iterable[str], outcome: str) -> None:
+        for nonce in nonces:
+            future = self._waiters.get(nonce)
+            if future is not None and not future.done():
+                future.set_result(outcome)
+
+    # --- outbound: one worker per destination -----------------------------------------------
+
+    def _kick(self, dest: str) -> None:
+        if self._closing:
+            return
+        self._wakes.setdefault(dest, asyncio.Event()).set()
+        if dest not in self._workers:
+            self._workers[dest] = asyncio.create_task(self._work(dest), name=f"outbox {dest}")
+
+    async def _work(self, dest: str) -> None:
+        """Deliver `dest`'s rows in order; exit when none is left (a kick starts it again)."""
+        wake = self._wakes[dest]
+        try:
+            while True:
+                await self._online.wait()
+                wake.clear()
+                row = await db.outbox_next(self.database, dest)
+                if row is None:
+                    if wake.is_set():
+                        continue
+                    return  # no await between this check and leaving _workers
+                if dest.startswith("name:"):
+                    await self._guild_seen.wait()
+                    await self._resolve_name(dest)
+                    continue
+                delay = self._delay(row)
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), delay)
+                    continue  # re-read: the row may have been deleted meanwhile
+                await self._attempt(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database is closing, or a bug: logged, the rows stay
+            log.exception("the outbox worker for %s stopped", dest)
+        finally:
+            self._workers.pop(dest, None)
+
+    async def _resolve_name(self, dest: str) -> None:
+        channel_id = self.bridged_channel(dest.removeprefix("name:"))
+        if channel_id is None:
+            await db.outbox_drop(self.database, dest)  # not bridged: nothing to mirror
+            return
+        await db.outbox_redirect(self.database, dest, f"channel:{channel_id}")
+        self._kick(f"channel:{channel_id}")
+
+    def _hold_key(self, row: db.Row) -> Any:
+        """The rate-limit key of the route `row` uses next."""
+        if row["discord_channel_id"] is not None:
+            return row["discord_channel_id"]
+        if row["dest"].startswith("channel:"):
+            return int(row["dest"].removeprefix("channel:"))
+        return self._dm_channels.get(int(row["dest"].removeprefix("user:")), DM_CREATE)
+
+    def _delay(self, row: db.Row) -> float:
+        """Seconds until `row` may be tried: its backoff and every rate limit it is under."""
+        now = asyncio.get_running_loop().time()
+        holds = [
+            self._holds.get(GLOBAL, 0.0) - now,
+            self._holds.get(self._hold_key(row), 0.0) - now,
+        ]
+        return max(row["not_before"] - time.time(), *holds)
+
+    async def _request_ended(
+        self, _session: aiohttp.ClientSession, _ctx: Any, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        """Every 429 discord.py receives holds its route for the time Discord asked, so no
+        attempt comes sooner, even when our timeout cut discord.py's own wait short."""
+        response = params.response
+        if response.status != 429:
+            return
+        headers = response.headers
+        seconds = 1.0
+        for name in ("Retry-After", "X-RateLimit-Reset-After"):
+            with contextlib.suppress(TypeError, ValueError):
+                seconds = max(seconds, float(headers.get(name)))
+        if headers.get("X-RateLimit-Global", "").lower() == "true":
+            key: Any = GLOBAL
+        elif match := _CHANNEL_PATH.search(params.url.path):
+            key = int(match[1])
+        elif params.url.path.endswith("/users/@me/channels"):
+            key = DM_CREATE
+        else:
+            key = params.url.path  # a route the outbox does not use
+        self._hold(key, seconds)
+
+    def _hold(self, key: Any, seconds: float) -> None:
+        until = asyncio.get_running_loop().time() + seconds
+        self._holds[key] = max(self._holds.get(key, 0.0), until)
+
+    async def _attempt(self, row: db.Row) -> None:
+        """One attempt at one row; the outcome is committed before anyone hears of it."""
+        try:
+            async with asyncio.timeout(self.timing.attempt_timeout):
+                if row["state"] == POST:
+                    channel_id, message_id = await self._post(row)
+                else:
+                    await self._delete(row)
+        except Exception as exc:
+            await self._failed(row, exc)
+            return
+        if row["state"] == POST:
+            await db.outbox_posted(self.database, row, channel_id, message_id)
+            self._resolve([row["nonce"]], SENT)
+        else:
+            await db.outbox_done(self.database, row["id"])
+
+    async def _post(self, row: db.Row) -> tuple[int, int]:
+        assert self.client is not None
+        dest = row["dest"]
+        if dest.startswith("user:"):
+            user_id = int(dest.removeprefix("user:"))
+            channel: Any = await self.client.create_dm(discord.Object(id=user_id))
+            self._dm_channels[user_id] = channel.id
+        else:
+            channel = self.client.get_partial_messageable(int(dest.removeprefix("channel:")))
+        sent = await channel.send(
+            row["content"], nonce=row["nonce"], allowed_mentions=discord.AllowedMentions.none()
+        )
+        return channel.id, sent.id
+
+    async def _delete(self, row: db.Row) -> None:
+        assert self.client is not None
+        try:
+            await self.client.http.delete_message(
+                row["discord_channel_id"], row["discord_message_id"]
+            )
+        except discord.NotFound:
+            pass  # already gone on Discord
+
+    async def _failed(self, row: db.Row, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        permanent = (
+            isinstance(exc, discord.HTTPException) and 400 <= exc.status < 500 and exc.status != 429
+        )
+        if permanent:
+            log.warning("Discord refused outbox row %s for good: %s", row["id"], error)
+            nonces = await db.outbox_refused(self.database, row, error)
+            self._resolve(nonces, REFUSED)
+            return
+        if isinstance(exc, discord.RateLimited):
+            self._hold(self._hold_key(row), exc.retry_after)
+        elif not isinstance(
+            exc, discord.HTTPException | TimeoutError | OSError | aiohttp.ClientError
+        ):
+            log.error("outbox row %s failed unexpectedly", row["id"], exc_info=exc)
+        attempts = row["attempts"] + 1
+        delay = self.timing.retry_delay(attempts)
+        if isinstance(exc, discord.RateLimited):
+            delay = max(delay, exc.retry_after)
+        log.info("outbox row %s: %s; retry %d in %.1fs", row["id"], error, attempts, delay)
+        await db.outbox_retry(self.database, row["id"], time.time() + delay, error)
+        self._resolve([row["nonce"]], QUEUED)
+
+    # --- inbound ------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        """Store Discord's messages one at a time, in the order they arrived."""
+        while True:
+            message = await self._inbound.get()
+            try:
+                await self._take_in(message)
+            except Exception:
+                log.exception("could not take in Discord message %s", message.id)
+            finally:
+                self._inbound.task_done()
+
+    async def _take_in(self, message: discord.Message) -> None:
+        author = message.author
+        if author.bot or message.webhook_id is not None or author.id == self._my_id():
+            return  # the bot itself, other bots, webhooks: never taken in (no echo loop)
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return  # joins, pins and other system messages
+        if message.guild is None:
+            await self._dm_received(message)
+            return
+        text = inbound_text(message)
+        if not text:
+            return
+        sender = author.display_name  # guild nickname, else global name, else username
+        if message.channel.id == self.channel_id:
+            stored = await db.insert_message(
+                self.database, kind="public", sender_id=None, sender=sender, message=text,
+                source="discord",
+            )  # fmt: skip
+            self.publish(stored, None)
+            return
+        channel = message.channel
+        if message.guild.id != self.guild_id or not isinstance(channel, discord.TextChannel):
+            return
+        if self.bridged_channel(channel.name) != channel.id:
+            return
+        ours = await db.channel_by_name(self.database, channel.name)
+        if ours is None:
+            return
+        stored = await db.insert_message(
+            self.database, kind="channel", sender_id=None, sender=sender, message=text,
+            channel_id=ours["id"], channel=ours["name"], source="discord",
+        )  # fmt: skip
+        self.publish(stored, ours["id"])
+
+    async def _dm_received(self, message: discord.Message) -> None:
+        """Remember the author; the first DM of each user gets one confirmation."""
+        author = message.author
+        text = CONFIRMATION.format(name=author.display_name, username=author.name)
+        confirmation = plan(f"user:{author.id}", text)
+        if await db.remember_discord_user(self.database, author.id, author.name, confirmation):
+            self.kick(confirmation)
+
+    def _my_id(self) -> int | None:
+        user = self.client.user if self.client else None
+        return user.id if user else None

@@ -1,0 +1,538 @@
+"""Issue 8: the web chat at `/`, end to end in a real headless Chromium.
+
+Debian's `chromium` (/usr/bin/chromium, installed by .ci/run) is driven by Python's Playwright,
+which downloads no browser of its own. Without Chromium these tests fail, they never skip.
+Each person has their own browser context (own storage); the server is the real app on a real
+port. A screenshot of each main view is saved in tests/artifacts/ (gitignored).
+"""
+
+import asyncio
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import PASSWORD, UUID4_RE
+from playwright.async_api import async_playwright, expect
+
+from buttonapi import create_app
+
+CHROMIUM = Path(os.environ.get("BUTTONAPI_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]  # headless, and a fresh profile folder for each launch: Playwright adds both
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+STATIC = Path(__file__).resolve().parent.parent / "static"
+WAIT_MS = 15_000  # the bound of every wait for something to show up on a page
+
+pytestmark = pytest.mark.timeout(180)
+expect.set_options(timeout=WAIT_MS)
+
+
+# --- the server and the browser ----------------------------------------------------------
+
+
+class LiveServer:
+    """The real app on 127.0.0.1; it can stop and start again on the same port."""
+
+    def __init__(self, config):
+        self.config = config
+        self.port = 0
+        self.runner = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self):
+        # A short shutdown_timeout: while aiohttp shuts down it ignores what clients send, so a
+        # browser's WebSocket close is never read and each stop would wait for the timeout, twice.
+        self.runner = web.AppRunner(await create_app(self.config), shutdown_timeout=1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def stop(self):
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+@pytest.fixture
+async def serve(config):
+    """serve(**config changes) -> a started LiveServer on the test's database; all stopped."""
+    servers = []
+
+    async def make(**changes):
+        server = await LiveServer(dataclasses.replace(config, **changes)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(serve):
+    return await serve(send_limit="0")
+
+
+@pytest.fixture
+def chromium():
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium):
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+class Person:
+    """Someone using the web chat in their own browser context, as a person would."""
+
+    def __init__(self, page, server, name):
+        self.page = page
+        self.server = server
+        self.name = name
+        self.problems = []  # uncaught page errors and dialogs: there must be none
+        self.urls = []  # every request and WebSocket the page opened
+        self.texts = page.locator("#message-list .text")
+        self.alert = page.locator("#alert-text")
+        self.connection = page.locator("#connection")
+
+    @classmethod
+    async def open(cls, browser, server, name, **context_options):
+        context = await browser.new_context(**context_options)
+        page = await context.new_page()
+        person = cls(page, server, name)
+        page.on("pageerror", lambda error: person.problems.append(f"page error: {error}"))
+        page.on("dialog", lambda dialog: person.problems.append(f"dialog: {dialog.message}"))
+        page.on("request", lambda request: person.urls.append(request.url))
+        page.on("websocket", lambda ws: person.urls.append(ws.url))
+        await page.goto(server.url + "/")
+        await page.evaluate("window.sameDocument = true")  # gone if the page ever reloads
+        return person
+
+    async def register(self, password=PASSWORD):
+        form = self.page.locator("#register-form")
+        await form.get_by_label("Username").fill(self.name)
+        await form.get_by_label("Password").fill(password)
+        await form.get_by_role("button", name="Create account").click()
+
+    async def log_in(self, password=PASSWORD):
+        form = self.page.locator("#login-form")
+        await form.get_by_label("Username").fill(self.name)
+        await form.get_by_label("Password").fill(password)
+        await form.get_by_label("Password").press("Enter")
+
+    async def expect_live(self):
+        await expect(self.page.locator("#chat-screen")).to_be_visible()
+        await expect(self.connection).to_have_text("Live")
+
+    def conversation(self, name):
+        return self.page.locator("#sidebar").get_by_role("button", name=name)
+
+    async def open_conversation(self, name):
+        await self.conversation(name).click()
+        await expect(self.page.locator("#messages")).to_have_attribute("aria-busy", "false")
+
+    async def send(self, text):
+        box = self.page.get_by_label("Message", exact=True)
+        await box.fill(text)
+        await box.press("Enter")
+        await expect(self.texts.last).to_have_text(text)
+        await expect(box).to_have_value("")
+
+    async def submit(self, form_id, label, value):
+        form = self.page.locator(f"#{form_id}")
+        await form.get_by_label(label).fill(value)
+        await form.get_by_label(label).press("Enter")
+
+    def message(self, text):
+        return self.page.locator("#message-list li").filter(
+            has=self.page.locator(".text", has_text=re.compile(f"^{re.escape(text)}$"))
+        )
+
+    async def screenshot(self, name):
+        await self.page.screenshot(path=ARTIFACTS / f"webchat-{name}.png")
+
+    async def token(self):
+        stored = await self.page.evaluate("localStorage.getItem('buttonapi.session')")
+        return json.loads(stored)["token"] if stored else None
+
+    async def check_clean(self):
+        """No reload, no error, no dialog; only this server was asked; the token in no URL."""
+        assert await self.page.evaluate("window.sameDocument") is True
+        assert self.problems == []
+        origin = self.server.url.removeprefix("http://")
+        assert all(re.match(f"(http|ws)://{re.escape(origin)}/", url) for url in self.urls)
+        token = await self.token()
+        assert token and UUID4_RE.fullmatch(token)
+        assert not [url for url in self.urls if token in url]
+
+
+async def api(server, name, body):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/api/v3/{name}/", json=body) as resp:
+            answer = await resp.json()
+            assert resp.status in (200, 201), (name, body, resp.status, answer)
+            return answer
+
+
+async def api_user(server, name):
+    """Register `name` through the HTTP API; their token."""
+    await api(server, "register", {"username": name, "password": PASSWORD})
+    made = await api(server, "generatetoken", {"username": name, "password": PASSWORD})
+    return made["token"]
+
+
+async def tab_to(page, selector, key="Tab", limit=60):
+    """Press `key` until the focus is on `selector`; that control shows its focus."""
+    for _ in range(limit):
+        if await page.evaluate("s => document.activeElement.matches(s)", selector):
+            outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+            assert outline != "none", f"{selector} has no visible focus"
+            return
+        await page.keyboard.press(key)
+    raise AssertionError(f"{selector} is not reached with {key}")
+
+
+# --- the page and its files ----------------------------------------------------------------
+
+
+async def test_the_page_and_its_files_come_from_this_server(client):
+    async with client.get("/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        policy = resp.headers["Content-Security-Policy"]
+        page = await resp.text()
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert '<script type="module" src="/static/app.js"></script>' in page
+    for name, content_type in [("app.js", "javascript"), ("style.css", "text/css")]:
+        async with client.get(f"/static/{name}") as resp:
+            assert resp.status == 200
+            assert content_type in resp.content_type
+    for path in ["/static/nope.js", "/static/", "/static/..%2Fbuttonapi.py", "/index.htm"]:
+        async with client.get(path) as resp:
+            assert (resp.status, await resp.json()) == (404, {"message": "Not found!"}), path
+    async with client.post("/") as resp:
+        assert (resp.status, await resp.json()) == (405, {"message": "Method not allowed!"})
+    for name in ["index.html", "app.js", "style.css"]:  # nothing fetched from another host
+        assert not re.search(r"https?://|[\"'(]//\w", (STATIC / name).read_text()), name
+
+
+# --- chatting ------------------------------------------------------------------------------
+
+
+async def test_two_people_chat_live_in_public_in_a_channel_and_by_dm(server, browser):
+    alice = await Person.open(browser, server, "alice", viewport={"width": 1100, "height": 720})
+    bob = await Person.open(browser, server, "bob", viewport={"width": 1100, "height": 720})
+    await expect(alice.page.get_by_role("heading", name="Log in")).to_be_visible()
+    await alice.screenshot("login")
+    await alice.register()
+    await bob.register()
+    await alice.expect_live()
+    await bob.expect_live()
+
+    # the public feed, live both ways
+    await alice.send("Hello everyone!")
+    await expect(bob.texts).to_have_text(["Hello everyone!"])
+    await bob.send("Hi alice :)")
+    await expect(alice.texts).to_have_text(["Hello everyone!", "Hi alice :)"])
+    await bob.screenshot("public")
+
+    # a channel: alice makes it and adds bob, who is told and sees it in his list at once
+    await alice.submit("channel-form", "New channel", "general")
+    await expect(alice.page.locator("#view-title")).to_have_text("# general")
+    await alice.submit("add-user-form", "Add a user to this channel", "bob")
+    await expect(alice.page.locator("#notice-text")).to_have_text("Added bob to general.")
+    await expect(bob.page.locator("#notice-text")).to_have_text(
+        "alice added you to the channel general."
+    )
+    await bob.open_conversation("# general")
+    await alice.send("Welcome to #general, bob")
+    await expect(bob.texts).to_have_text(["Welcome to #general, bob"])
+    await bob.send("Thanks!\nGlad to be here.")
+    await expect(alice.texts).to_have_text(
+        ["Welcome to #general, bob", "Thanks!\nGlad to be here."]
+    )
+
+    # text from users is text: markup shows as written and runs nothing
+    markup = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script><b>bold?</b>'
+    await bob.send(markup)
+    await expect(alice.texts.last).to_have_text(markup)
+    assert await alice.page.locator("#message-list img, #message-list script, .text b").count() == 0
+    assert await alice.page.evaluate("window.pwned") is None
+
+    # deleting one's own message removes it for everyone, live; others' have no Delete
+    await alice.send("oops, wrong channel")
+    await expect(bob.texts.last).to_have_text("oops, wrong channel")
+    await expect(bob.message("oops, wrong channel").get_by_role("button")).to_have_count(0)
+    await alice.message("oops, wrong channel").get_by_role("button", name="Delete").click()
+    await expect(alice.message("oops, wrong channel")).to_have_count(0)
+    await expect(bob.message("oops, wrong channel")).to_have_count(0)
+    await expect(bob.texts).to_have_count(3)
+    await alice.screenshot("channel")
+
+    # DMs per conversation: bob opens one; alice, elsewhere, sees it marked new, then replies
+    await bob.submit("dm-form", "Message a user", "alice")
+    await expect(bob.page.locator("#view-title")).to_have_text("Direct messages with alice")
+    await bob.send("psst, a secret")
+    await expect(alice.conversation("bob")).to_have_class(re.compile(r"\bunread\b"))
+    await expect(alice.texts).to_have_count(3)  # still in #general, untouched
+    await alice.open_conversation("bob")
+    await expect(alice.texts).to_have_text(["psst, a secret"])
+    await alice.send("tell me more")
+    await expect(bob.texts).to_have_text(["psst, a secret", "tell me more"])
+    await bob.send("later, over coffee")
+    await expect(alice.texts).to_have_text(["psst, a secret", "tell me more", "later, over coffee"])
+    await alice.screenshot("dm")
+    await bob.open_conversation("# general")
+    await bob.screenshot("channel-bob")
+
+    for person in (alice, bob):
+        await person.check_clean()
+
+    # log out: back to the login form, the token gone from storage, also after a reload
+    await alice.page.get_by_role("button", name="Log out").click()
+    await expect(alice.page.get_by_role("heading", name="Log in")).to_be_visible()
+    assert await alice.token() is None
+    await alice.page.reload()
+    await expect(alice.page.get_by_role("heading", name="Log in")).to_be_visible()
+    # logging in again gets the same token (bob is not disturbed) and the lists come back
+    await alice.log_in()
+    await alice.expect_live()
+    await expect(alice.conversation("# general")).to_be_visible()
+    await expect(alice.conversation("bob")).to_be_visible()
+    await bob.send("still here")
+    await alice.open_conversation("# general")
+    await expect(alice.texts.last).to_have_text("still here")
+    # a reload keeps the session: the token is kept in the browser's storage
+    await bob.page.reload()
+    await bob.expect_live()
+
+
+async def test_it_reconnects_after_a_restart_and_catches_up(server, serve, browser):
+    await api_user(server, "alice")
+    bob_token = await api_user(server, "bob")
+    await api(server, "makechannel", {"token": bob_token, "name": "general"})
+    await api(
+        server, "addusertochannel", {"token": bob_token, "name": "general", "username": "alice"}
+    )
+    alice = await Person.open(browser, server, "alice")
+    bob = await Person.open(browser, server, "bob")
+    for person in (alice, bob):
+        await person.log_in()
+        await person.expect_live()
+        await person.open_conversation("# general")
+    await bob.send("before the restart")
+    await expect(alice.texts).to_have_text(["before the restart"])
+
+    await server.stop()
+    await expect(alice.connection).to_have_text("Reconnecting…")
+    # what cannot be sent says so in words, and the text stays in the box
+    box = alice.page.get_by_label("Message", exact=True)
+    await box.fill("anyone there?")
+    await box.press("Enter")
+    await expect(alice.alert).to_have_text(
+        "Cannot reach the server. Check your connection and try again."
+    )
+    await expect(box).to_have_value("anyone there?")
+
+    # meanwhile bob writes through another server on the same database: alice misses it live
+    other = await serve(send_limit="0")
+    body = {"token": bob_token, "channel": "general", "message": "sent while you were away"}
+    await api(other, "sendmessage", body)
+    await api(other, "senddm", {"token": bob_token, "username": "alice", "message": "a missed DM"})
+    await other.stop()
+
+    await server.start()  # the same port again
+    await alice.expect_live()
+    await expect(alice.texts).to_have_text(["before the restart", "sent while you were away"])
+    await expect(alice.conversation("bob")).to_have_class(re.compile(r"\bunread\b"))
+    await expect(alice.alert).to_be_hidden()  # the server is reachable again
+    await alice.screenshot("reconnected")
+    await bob.expect_live()
+    await box.press("Enter")  # the kept text is sent now
+    await expect(bob.texts.last).to_have_text("anyone there?")
+    await bob.send("welcome back")
+    await expect(alice.texts.last).to_have_text("welcome back")
+    await alice.open_conversation("bob")
+    await expect(alice.texts).to_have_text(["a missed DM"])
+    await alice.check_clean()
+
+
+async def test_every_error_is_shown_in_words_and_slow_work_shows_progress(serve, browser):
+    server = await serve(send_limit="2/60")
+    alice = await Person.open(browser, server, "alice")
+    expected = [
+        ("short", "Password needs to have 8-20 chars minimum one number minimum one capital"
+         " letter minimum one special symbol no empty symbols!"),
+        (PASSWORD, None),
+        (PASSWORD, "User exists!"),
+    ]  # fmt: skip
+    alice.name = "al"
+    await alice.register()
+    await expect(alice.alert).to_have_text("Username needs to be 3-20 chars long!")
+    alice.name = "alice"
+    for password, error in expected:
+        await alice.register(password)
+        if error is None:
+            await alice.expect_live()
+            await alice.page.get_by_role("button", name="Log out").click()
+        else:
+            await expect(alice.alert).to_have_text(error)
+    await alice.log_in("Wrong1pass!")
+    await expect(alice.alert).to_have_text("Invalid username or password!")
+
+    # a slow login shows that it is working, and its button cannot be pressed twice
+    release = asyncio.Event()
+
+    async def held(route):
+        await release.wait()
+        await route.continue_()
+
+    await alice.page.route("**/api/v3/gettoken/", held)
+    await alice.log_in()
+    await expect(alice.page.locator("#working")).to_be_visible()
+    await expect(alice.page.locator("#login-form")).to_have_attribute("aria-busy", "true")
+    await expect(alice.page.get_by_role("button", name="Log in")).to_be_disabled()
+    await alice.screenshot("working")
+    release.set()
+    await alice.expect_live()
+    await expect(alice.page.locator("#working")).to_be_hidden()
+    await alice.page.unroute("**/api/v3/gettoken/")
+
+    # the chat's own actions
+    await alice.submit("channel-form", "New channel", "general")
+    await expect(alice.page.locator("#view-title")).to_have_text("# general")
+    steps = [
+        ("channel-form", "New channel", "General", "Channel exists!"),
+        ("channel-form", "New channel", " spaced ", "Channel name needs to be 1-100 chars long!"),
+        ("add-user-form", "Add a user to this channel", "nobody", "User not found!"),
+        ("dm-form", "Message a user", "nobody", "User not found!"),
+    ]
+    for form, label, value, error in steps:
+        await alice.submit(form, label, value)
+        await expect(alice.alert).to_have_text(error)
+        await alice.page.get_by_role("button", name="Dismiss").click()
+        await expect(alice.alert).to_be_hidden()
+    await alice.send("one")
+    await alice.send("two")
+    box = alice.page.get_by_label("Message", exact=True)
+    await box.fill("   ")
+    await box.press("Enter")
+    await expect(alice.alert).to_have_text("Message needs to be 1-2000 chars long!")
+    await box.fill("three")
+    await box.press("Enter")
+    await expect(alice.alert).to_have_text(
+        re.compile(r"^You are sending messages too fast! Try again in \d+ s\.$")
+    )
+    await expect(box).to_have_value("three")
+    await alice.screenshot("error")
+
+    # a token that stops working (changed by another client) ends the session, in words
+    await api(server, "generatetoken", {"username": "alice", "password": PASSWORD})
+    await expect(alice.alert).to_contain_text("Token changed!")
+    await expect(alice.page.get_by_role("heading", name="Log in")).to_be_visible()
+    assert await alice.token() is None
+    assert alice.problems == []
+
+
+async def test_history_pages_backwards(server, browser):
+    alice_token = await api_user(server, "alice")
+    bob_token = await api_user(server, "bob")
+    for n in range(1, 121):
+        await api(server, "senddcmsgwithtoken", {"token": alice_token, "message": f"public {n}"})
+    for n in range(1, 56):
+        await api(server, "senddm", {"token": bob_token, "username": "alice", "message": f"dm {n}"})
+    alice = await Person.open(browser, server, "alice")
+    await alice.log_in()
+    await alice.expect_live()
+    older = alice.page.get_by_role("button", name="Load older messages")
+    for first in (71, 21, 1):  # 50 a page, the newest first
+        await expect(alice.texts).to_have_text([f"public {n}" for n in range(first, 121)])
+        if first > 1:
+            await older.click()
+    await expect(older).to_be_hidden()
+    await alice.open_conversation("bob")
+    await expect(alice.texts).to_have_text([f"dm {n}" for n in range(6, 56)])
+    await older.click()
+    await expect(alice.texts).to_have_text([f"dm {n}" for n in range(1, 56)])
+    await expect(older).to_be_hidden()
+    await alice.check_clean()
+
+
+async def test_a_phone_sized_screen_with_the_keyboard_alone(server, browser):
+    await api_user(server, "bob")
+    phone = {"viewport": {"width": 390, "height": 760}, "is_mobile": True, "has_touch": True}
+    alice = await Person.open(browser, server, "alice", **phone)
+    page = alice.page
+    keys = page.keyboard
+    await tab_to(page, "#register-username")
+    await keys.type("alice")
+    await keys.press("Tab")
+    await keys.type(PASSWORD)
+    await keys.press("Enter")
+    await alice.expect_live()
+    assert await page.evaluate("document.activeElement.id") == "compose-text"
+    await expect(page.locator("#sidebar")).to_be_hidden()  # folded away behind the menu
+    assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    await keys.type("hello from my phone")
+    await keys.press("Enter")
+    await expect(alice.texts).to_have_text(["hello from my phone"])
+
+    await tab_to(page, "#menu-button", key="Shift+Tab")
+    await keys.press("Enter")
+    await expect(page.locator("#sidebar")).to_be_visible()
+    await expect(page.locator("#menu-button")).to_have_attribute("aria-expanded", "true")
+    await alice.screenshot("phone-menu")
+    await keys.press("Escape")
+    await expect(page.locator("#sidebar")).to_be_hidden()
+    await keys.press("Enter")  # the focus went back to the menu button
+    await tab_to(page, "#channel-name")
+    await keys.type("phones")
+    await keys.press("Enter")
+    await expect(page.locator("#view-title")).to_have_text("# phones")
+    await expect(page.locator("#sidebar")).to_be_hidden()
+    await tab_to(page, "#add-username", key="Shift+Tab")
+    await keys.type("bob")
+    await keys.press("Enter")
+    await expect(page.locator("#notice-text")).to_have_text("Added bob to phones.")
+    await tab_to(page, "#compose-text")
+    for text in ("first line", "typo"):
+        await keys.type(text)
+        await keys.press("Enter")
+        await expect(alice.texts.last).to_have_text(text)
+    await tab_to(page, "#message-list li:last-child .delete", key="Shift+Tab")
+    await keys.press("Enter")
+    await expect(alice.texts).to_have_text(["first line"])
+    assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    await alice.screenshot("phone")
+    await tab_to(page, "#menu-button", key="Shift+Tab")
+    await keys.press("Enter")
+    await tab_to(page, "#public-button")
+    await keys.press("Enter")  # choosing a conversation folds the menu and moves the focus
+    await expect(page.locator("#view-title")).to_have_text("Public feed")
+    await expect(page.locator("#view-title")).to_be_focused()
+    await expect(alice.texts).to_have_text(["hello from my phone"])
+    await alice.check_clean()
