@@ -117,10 +117,7 @@ OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
 
 USERNAME_LENGTH = "Username needs to be 3-20 chars long!"
 USERNAME_CHARACTERS = "Username can not contain spaces or control characters!"
-PASSWORD_RULES = (
-    "Password needs to have 8-20 chars minimum one number minimum one capital letter"
-    " minimum one special symbol no empty symbols!"
-)
+PASSWORD_RULES = "Password needs to have 8-20 chars minimum one number minimum one capital letter minimum one special symbol no empty symbols!"  # noqa: E501  (the seed's text, byte for byte)
 INVALID_CREDENTIALS = "Invalid username or password!"
 INVALID_TOKEN = "Invalid token!"
 MESSAGE_LENGTH = "Message needs to be 1-2000 chars long!"
@@ -998,16 +995,23 @@ async def makechannel(request: web.Request, body: dict[str, Any]) -> web.Respons
     return ok("Channel created!", channel_name=name, channel_id=channel_id)
 
 
-@endpoint
-async def addusertochannel(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def channel_and_named_user(
+    request: web.Request, body: dict[str, Any]
+) -> tuple[db.Row, db.Row, db.Row]:
+    """{token, name, username}: the caller, a channel they are in, and the named user (404)."""
     token, name, username = fields(body, "token", "name", "username")
     user = await authenticate(request, token)
     channel = await member_channel(request, user, name)
-    database = request.app[db_key]
-    added = await db.user_by_name(database, username)
-    if added is None:
+    named = await db.user_by_name(request.app[db_key], username)
+    if named is None:
         raise ApiError(404, USER_NOT_FOUND)
-    if not await db.add_member(database, channel["id"], added["id"]):
+    return user, channel, named
+
+
+@endpoint
+async def addusertochannel(request: web.Request, body: dict[str, Any]) -> web.Response:
+    user, channel, added = await channel_and_named_user(request, body)
+    if not await db.add_member(request.app[db_key], channel["id"], added["id"]):
         raise ApiError(409, "User is already in this channel!")
     events = request.app[events_key]
     await events.join(added["id"], channel_room(channel["id"]))
@@ -1069,13 +1073,8 @@ async def leavechannel(request: web.Request, body: dict[str, Any]) -> web.Respon
 
 @endpoint
 async def removeuserfromchannel(request: web.Request, body: dict[str, Any]) -> web.Response:
-    token, name, username = fields(body, "token", "name", "username")
-    user = await authenticate(request, token)
-    channel = await member_channel(request, user, name)
+    user, channel, removed = await channel_and_named_user(request, body)
     database = request.app[db_key]
-    removed = await db.user_by_name(database, username)
-    if removed is None:
-        raise ApiError(404, USER_NOT_FOUND)
     if await db.channel_creator(database, channel["id"]) != user["id"]:
         raise ApiError(403, "Only the channel's creator can remove users!")
     if not await db.remove_member(database, channel["id"], removed["id"]):

@@ -118,3 +118,10 @@ async def test_a_64_character_nonce_is_fine(api, world):
     body = {"token": alice, "message": "hi", "nonce": "n" * 64}
     first = await api.ok("senddcmsgwithtoken", body)
     assert await api.ok("senddcmsgwithtoken", body) == first
+
+
+async def test_a_null_nonce_counts_as_absent(api, world):
+    alice, _ = world
+    body = {"token": alice, "message": "no nonce", "nonce": None}
+    first = (await api.ok("senddcmsgwithtoken", body))["id"]
+    assert (await api.ok("senddcmsgwithtoken", body))["id"] != first
