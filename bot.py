@@ -5,7 +5,10 @@ One discord.py client runs on the server's own event loop. `Bridge` owns it and 
 * the outbound side: every message bound for Discord is planned here as outbox rows (one per
   post of at most 2000 characters), committed by db.py in the same transaction as its message,
   and delivered by one worker task per destination, so a destination that fails or hangs never
-  delays another;
+  delays another; edits and deletions of a message reach its copies through the same rows;
+* display names: where the bot has the Manage Webhooks permission, mirrors are posted through
+  the bot's own webhook in that channel with the sender's username as the display name;
+  elsewhere (and for DMs) the bot posts `**name**: text` itself;
 * the inbound side: Discord users' messages in the bridge channel and in bridged text channels
   become Button API messages; a DM to the bot makes its author known to the bridge.
 
@@ -13,7 +16,8 @@ Delivery is at-least-once with Discord's own duplicate guard: every post carries
 its outbox row and is sent with `enforce_nonce` (discord.py does that whenever a nonce is given),
 so a post retried after a timeout or a crash between Discord's accept and our commit returns the
 message Discord already created (Discord checks nonces over the past few minutes) instead of
-posting it again. The Discord id is committed before the row counts as delivered.
+posting it again. The Discord id is committed before the row counts as delivered. (A webhook
+post takes no nonce: a webhook post whose answer is lost can appear twice.)
 
 bot.py never imports buttonapi.py: the server passes in the Database and a `publish` callable
 that pushes a stored message to Socket.IO.
@@ -44,19 +48,26 @@ log = logging.getLogger("buttonapi.bot")
 MAX_POST = 2000  # Discord's limit, in code points
 PUBLIC_PREFIX = "**{username}**: "
 DM_PREFIX = "**{username}** via Button API: "
+WEBHOOK_NAME = "Button API"  # the webhook's own name (a post shows the sender's instead)
+# Display names Discord refuses for a webhook post (its username rules): those are posted by
+# the bot as `**name**: text`.
+WEBHOOK_FORBIDDEN = ("discord", "clyde", "@", "#", ":", "```")
+WEBHOOK_RESERVED = ("everyone", "here")
 CONFIRMATION = (
     "Hi {name}! You are now known to Button API: its users can message you here with"
     " senddcmsg and your username ({username})."
 )
 
-# Outbox row states (schema.sql): work to do, delivered, a Discord copy to delete, refused.
-POST, POSTED, DELETE, FAILED = "post", "posted", "delete", "failed"
+# Outbox row states (schema.sql): work to do, delivered, a copy to edit or delete, refused.
+POST, POSTED, EDIT, DELETE, FAILED = "post", "posted", "edit", "delete", "failed"
 # senddcmsg outcomes of the first delivery attempt.
 SENT, REFUSED, QUEUED = "sent", "refused", "queued"
 
 GLOBAL = "global"  # rate-limit hold keys: GLOBAL, DM_CREATE or a Discord channel id
 DM_CREATE = "dm-create"
 _CHANNEL_PATH = re.compile(r"/channels/(\d+)")
+_WEBHOOK_PATH = re.compile(r"/webhooks/(\d+)")
+NO_MENTIONS = discord.AllowedMentions.none()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +78,7 @@ class Timing:
     attempt_timeout: float = 60.0  # one attempt, discord.py's own retries included
     backoff: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300)  # then the last, forever
     guild_ready_timeout: float = 2.0  # discord.py: wait for GUILD_CREATEs before on_ready
+    webhook_retry: float = 300.0  # after Discord refused to list or create a webhook
 
     def retry_delay(self, attempts: int) -> float:
         """The pause after the `attempts`-th failed attempt (1-based)."""
@@ -81,16 +93,17 @@ def ascii_lower(text: str) -> str:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def split_text(text: str, limit: int = MAX_POST) -> list[str]:
-    """Posts of at most `limit` characters, cut at whitespace where possible.
+def split_text(text: str, limit: int = MAX_POST, first: int | None = None) -> list[str]:
+    """Posts of at most `limit` characters (the first at most `first`), cut at whitespace
+    where possible.
 
     The whitespace at a cut is dropped (Discord trims it anyway); no part is blank."""
-    parts = []
+    parts: list[str] = []
     text = text.strip()
-    while len(text) > limit:
-        cut = next((i for i in range(limit, 0, -1) if text[i].isspace()), None)
+    while len(text) > (size := limit if parts or first is None else first):
+        cut = next((i for i in range(size, 0, -1) if text[i].isspace()), None)
         if cut is None:
-            head, text = text[:limit], text[limit:]
+            head, text = text[:size], text[size:]
         else:
             head, text = text[:cut], text[cut + 1 :]
         parts.append(head.rstrip())
@@ -100,12 +113,45 @@ def split_text(text: str, limit: int = MAX_POST) -> list[str]:
     return parts
 
 
-def plan(dest: str, text: str) -> list[db.Row]:
-    """The outbox rows that post `text` to `dest`, one per part, each with its own nonce."""
+def plan(dest: str, text: str, prefix: str = "", username: str | None = None) -> list[db.Row]:
+    """The outbox rows that post `prefix + text` to `dest`, one per part, each with its own
+    nonce. Only the first part carries the prefix, and the text is cut so that it still fits
+    without it (a webhook post drops the prefix and shows `username` instead)."""
+    parts = split_text(text, first=MAX_POST - len(prefix))
     return [
-        {"dest": dest, "part": part, "content": content, "nonce": secrets.token_hex(12)}
-        for part, content in enumerate(split_text(text))
+        {
+            "dest": dest,
+            "part": part,
+            "content": prefix + content if part == 0 else content,
+            "nonce": secrets.token_hex(12),
+            "username": username,
+        }
+        for part, content in enumerate(parts)
     ]
+
+
+def webhook_username_ok(name: str) -> bool:
+    """Whether Discord takes `name` as a webhook post's display name."""
+    folded = name.casefold()
+    return folded not in WEBHOOK_RESERVED and not any(bad in folded for bad in WEBHOOK_FORBIDDEN)
+
+
+def webhook_text(row: db.Row) -> str:
+    """A row's text as a webhook posts it: without the `**name**: ` of its first part."""
+    if row["part"] != 0:
+        return row["content"]
+    return row["content"].removeprefix(PUBLIC_PREFIX.format(username=row["username"]))
+
+
+class Gone(Exception):
+    """What a row needs on Discord is no longer there (a deleted webhook): refused for good."""
+
+
+def permanent(exc: Exception) -> bool:
+    """Discord refused for good: a 4xx other than a rate limit (or Gone)."""
+    if isinstance(exc, Gone):
+        return True
+    return isinstance(exc, discord.HTTPException) and 400 <= exc.status < 500 and exc.status != 429
 
 
 def inbound_text(message: discord.Message) -> str:
@@ -217,6 +263,10 @@ class Bridge:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._holds: dict[Any, float] = {}  # key -> loop time before which nothing is sent
         self._dm_channels: dict[int, int] = {}  # Discord user id -> DM channel id
+        self._webhooks: dict[int, discord.Webhook] = {}  # webhook id -> the bot's webhook
+        self._webhook_of: dict[int, int] = {}  # Discord channel id -> the webhook it posts with
+        self._webhook_channels: dict[int, int] = {}  # webhook id -> its Discord channel id
+        self._no_webhook_until: dict[int, float] = {}  # channel id -> loop time (refused)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -322,6 +372,8 @@ class Bridge:
         if self.api_base and not self.gateway_url:  # a custom REST base names its gateway
             _shards, url, _limits = await client.http.get_bot_gateway()
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        self._webhooks.clear()  # bound to an earlier client's HTTP session: found again
+        self._webhook_of.clear()
         self._online.set()
         for dest in await db.outbox_dests(self.database):
             self._kick(dest)
@@ -361,18 +413,17 @@ class Bridge:
         """The mirror of a senddcmsgwithtoken message in the bridge channel."""
         if not (self.enabled and self.channel_id):
             return []
-        return plan(f"channel:{self.channel_id}", PUBLIC_PREFIX.format(username=username) + text)
+        return self.plan_posts(f"channel:{self.channel_id}", username, text)
 
     def plan_channel(self, name: str, username: str, text: str) -> list[db.Row]:
         """The mirror of a sendmessage message, if its channel is bridged. Before the guild
         was ever seen the rows wait under the channel's name until it can be resolved."""
         if not (self.enabled and self.guild_id):
             return []
-        content = PUBLIC_PREFIX.format(username=username) + text
         channel_id = self.bridged_channel(name)
         if channel_id is not None:
-            return plan(f"channel:{channel_id}", content)
-        return plan(f"name:{name}", content) if self._channels is None else []
+            return self.plan_posts(f"channel:{channel_id}", username, text)
+        return self.plan_posts(f"name:{name}", username, text) if self._channels is None else []
 
     async def plan_direct(
         self, user_id: int, username: str, target: str, text: str
@@ -383,11 +434,20 @@ class Bridge:
         if channel is not None and await db.is_member(self.database, channel["id"], user_id):
             channel_id = self.bridged_channel(channel["name"])
             if channel_id is not None:
-                return plan(f"channel:{channel_id}", PUBLIC_PREFIX.format(username=username) + text)
+                return self.plan_posts(f"channel:{channel_id}", username, text)
         known = await db.discord_user_by_name(self.database, target)
         if known is not None:
-            return plan(f"user:{known['id']}", DM_PREFIX.format(username=username) + text)
+            return self.plan_posts(f"user:{known['id']}", username, text)
         return []
+
+    @staticmethod
+    def plan_posts(dest: str, username: str, text: str) -> list[db.Row]:
+        """The posts of a user's text at `dest` (db.edit_message holds them against the rows
+        a message already has there). A DM says `via Button API`; a channel post may go
+        through a webhook with the username as its display name."""
+        if dest.startswith("user:"):
+            return plan(dest, text, DM_PREFIX.format(username=username))
+        return plan(dest, text, PUBLIC_PREFIX.format(username=username), username)
 
     # --- outbound: after the commit ----------------------------------------------------------
 
@@ -407,6 +467,12 @@ class Bridge:
         finally:
             for nonce in futures:
                 self._waiters.pop(nonce, None)
+
+    def message_edited(self, dests: Iterable[str]) -> None:
+        """db.edit_message replanned the message's copies: wake their destinations."""
+        if self.enabled:
+            for dest in dests:
+                self._kick(dest)
 
     def message_deleted(self, message_id: int) -> None:
         """The message is gone (db.delete_message queued its Discord copies' deletion)."""
@@ -508,6 +574,8 @@ class Bridge:
             key: Any = GLOBAL
         elif match := _CHANNEL_PATH.search(params.url.path):
             key = int(match[1])
+        elif match := _WEBHOOK_PATH.search(params.url.path):  # a webhook holds its channel
+            key = self._webhook_channels.get(int(match[1]), f"webhook:{match[1]}")
         elif params.url.path.endswith("/users/@me/channels"):
             key = DM_CREATE
         else:
@@ -523,19 +591,25 @@ class Bridge:
         try:
             async with asyncio.timeout(self.timing.attempt_timeout):
                 if row["state"] == POST:
-                    channel_id, message_id = await self._post(row)
+                    posted = await self._post(row)
+                elif row["state"] == EDIT:
+                    await self._edit(row)
                 else:
                     await self._delete(row)
         except Exception as exc:
             await self._failed(row, exc)
             return
         if row["state"] == POST:
-            await db.outbox_posted(self.database, row, channel_id, message_id)
+            await db.outbox_posted(self.database, row, *posted)
             self._resolve([row["nonce"]], SENT)
+        elif row["state"] == EDIT:
+            await db.outbox_edited(self.database, row)
         else:
             await db.outbox_done(self.database, row["id"])
 
-    async def _post(self, row: db.Row) -> tuple[int, int]:
+    async def _post(self, row: db.Row) -> tuple[int, int, int | None, bool]:
+        """Post a row: (Discord channel id, message id, webhook id or None, whether Discord's
+        copy has the row's text: a nonce seen before returns the copy made then)."""
         assert self.client is not None
         dest = row["dest"]
         if dest.startswith("user:"):
@@ -543,27 +617,164 @@ class Bridge:
             channel: Any = await self.client.create_dm(discord.Object(id=user_id))
             self._dm_channels[user_id] = channel.id
         else:
-            channel = self.client.get_partial_messageable(int(dest.removeprefix("channel:")))
-        sent = await channel.send(
-            row["content"], nonce=row["nonce"], allowed_mentions=discord.AllowedMentions.none()
-        )
-        return channel.id, sent.id
+            channel_id = int(dest.removeprefix("channel:"))
+            if row["username"] is not None and webhook_username_ok(row["username"]):
+                posted = await self._post_through_webhook(channel_id, row)
+                if posted is not None:
+                    return posted
+            channel = self.client.get_partial_messageable(channel_id)
+        sent = await channel.send(row["content"], nonce=row["nonce"], allowed_mentions=NO_MENTIONS)
+        return channel.id, sent.id, None, sent.content == row["content"]
+
+    async def _post_through_webhook(
+        self, channel_id: int, row: db.Row
+    ) -> tuple[int, int, int, bool] | None:
+        """Post a row with the sender's display name; None when the bot may not use a
+        webhook there, or the webhook refused this post (then the bot posts it). A webhook
+        deleted on Discord is forgotten and replaced once."""
+        for _ in range(2):
+            webhook = await self._channel_webhook(channel_id)
+            if webhook is None:
+                return None
+            try:
+                sent = await webhook.send(
+                    webhook_text(row),
+                    username=row["username"],
+                    allowed_mentions=NO_MENTIONS,
+                    wait=True,
+                )
+            except discord.HTTPException as exc:
+                if not permanent(exc):
+                    raise
+                if exc.status in (401, 404):  # the webhook was deleted: find or make another
+                    self._forget_webhook(webhook.id)
+                    continue
+                log.warning("webhook post refused in %s (%s): the bot posts it", channel_id, exc)
+                return None
+            return channel_id, sent.id, webhook.id, True
+        return None
+
+    async def _edit(self, row: db.Row) -> None:
+        """Give a copy on Discord the row's text, through whoever posted it."""
+        assert self.client is not None
+        channel_id, message_id = row["discord_channel_id"], row["discord_message_id"]
+        if row["webhook_id"] is None:
+            message = self.client.get_partial_messageable(channel_id).get_partial_message(
+                message_id
+            )
+            await message.edit(content=row["content"], allowed_mentions=NO_MENTIONS)
+            return
+        webhook = await self._webhook_by_id(channel_id, row["webhook_id"])
+        if webhook is None:
+            raise Gone(f"webhook {row['webhook_id']} of channel {channel_id} is gone")
+        try:
+            await webhook.edit_message(
+                message_id, content=webhook_text(row), allowed_mentions=NO_MENTIONS
+            )
+        except discord.NotFound as exc:
+            if exc.code == 10015:  # Unknown Webhook
+                self._forget_webhook(webhook.id)
+            raise
 
     async def _delete(self, row: db.Row) -> None:
+        """Delete a copy on Discord (through the webhook that posted it, if one did)."""
         assert self.client is not None
+        channel_id, message_id = row["discord_channel_id"], row["discord_message_id"]
         try:
-            await self.client.http.delete_message(
-                row["discord_channel_id"], row["discord_message_id"]
-            )
+            if row["webhook_id"] is not None:
+                webhook = await self._webhook_by_id(channel_id, row["webhook_id"])
+                if webhook is not None:
+                    try:
+                        await webhook.delete_message(message_id)
+                        return
+                    except discord.NotFound as exc:
+                        if exc.code != 10015:  # Unknown Message: already gone
+                            return
+                        self._forget_webhook(webhook.id)
+            # The bot's own post (or a webhook's, without its webhook: Manage Messages).
+            await self.client.http.delete_message(channel_id, message_id)
         except discord.NotFound:
             pass  # already gone on Discord
 
+    # --- outbound: webhooks -----------------------------------------------------------------
+
+    def may_use_webhooks(self, channel_id: int) -> bool:
+        """The bot has Manage Webhooks in the channel (roles and the channel's overwrites,
+        as the guild cache has them; False while the guild is not known)."""
+        channel = self.client.get_channel(channel_id) if self.client else None
+        if not isinstance(channel, discord.TextChannel):
+            return False
+        me = channel.guild.me
+        return me is not None and channel.permissions_for(me).manage_webhooks
+
+    async def _channel_webhook(self, channel_id: int) -> discord.Webhook | None:
+        """The bot's webhook for posts in the channel: an existing one it owns, else one it
+        creates, remembered; None without the permission, or while Discord refuses."""
+        if not self.may_use_webhooks(channel_id):
+            return None
+        webhook_id = self._webhook_of.get(channel_id)
+        if webhook_id is not None and webhook_id in self._webhooks:
+            return self._webhooks[webhook_id]
+        loop = asyncio.get_running_loop()
+        if self._no_webhook_until.get(channel_id, 0.0) > loop.time():
+            return None
+        assert self.client is not None
+        try:
+            webhook = await self._find_webhook(channel_id)
+            if webhook is None:
+                data = await self.client.http.create_webhook(
+                    channel_id, name=WEBHOOK_NAME, reason="Button API: display names"
+                )
+                webhook = self._remember_webhook(channel_id, data)
+        except discord.HTTPException as exc:
+            if not permanent(exc):
+                raise
+            log.warning("no webhook in channel %s (%s): the bot posts itself", channel_id, exc)
+            self._no_webhook_until[channel_id] = loop.time() + self.timing.webhook_retry
+            return None
+        self._webhook_of[channel_id] = webhook.id
+        return webhook
+
+    async def _webhook_by_id(self, channel_id: int, webhook_id: int) -> discord.Webhook | None:
+        """The bot's webhook that posted a copy; None if it is gone (or cannot be listed)."""
+        if webhook_id in self._webhooks:
+            return self._webhooks[webhook_id]
+        try:
+            return await self._find_webhook(channel_id, webhook_id)
+        except discord.HTTPException as exc:
+            if not permanent(exc):
+                raise
+            return None
+
+    async def _find_webhook(
+        self, channel_id: int, webhook_id: int | None = None
+    ) -> discord.Webhook | None:
+        """A webhook of the channel that the bot made (Discord gives its token only to the
+        bot that made it), the one with `webhook_id` if given."""
+        assert self.client is not None
+        me = str(self._my_id())
+        for data in await self.client.http.channel_webhooks(channel_id):
+            owner = (data.get("user") or {}).get("id")
+            if data.get("token") and str(owner) == me:
+                if webhook_id is None or int(data["id"]) == webhook_id:
+                    return self._remember_webhook(channel_id, data)
+        return None
+
+    def _remember_webhook(self, channel_id: int, data: Any) -> discord.Webhook:
+        webhook = discord.Webhook.partial(int(data["id"]), data["token"], client=self.client)
+        self._webhooks[webhook.id] = webhook
+        self._webhook_channels[webhook.id] = channel_id
+        return webhook
+
+    def _forget_webhook(self, webhook_id: int) -> None:
+        self._webhooks.pop(webhook_id, None)
+        channel_id = self._webhook_channels.get(webhook_id)
+        if channel_id is not None and self._webhook_of.get(channel_id) == webhook_id:
+            del self._webhook_of[channel_id]
+
     async def _failed(self, row: db.Row, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:500]
-        permanent = (
-            isinstance(exc, discord.HTTPException) and 400 <= exc.status < 500 and exc.status != 429
-        )
-        if permanent:
+        if permanent(exc):
             log.warning("Discord refused outbox row %s for good: %s", row["id"], error)
             nonces = await db.outbox_refused(self.database, row, error)
             self._resolve(nonces, REFUSED)

@@ -31,6 +31,8 @@ from typing import Any
 import bcrypt
 import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 import bot
 import db
@@ -606,7 +608,17 @@ class Events:
     async def _emit(self, event: str, data: Any, room: str | list[str]) -> None:
         if self._holds:  # a socket is being sent its replay: live events come after it
             await self._released.wait()
-        await self.sio.emit(event, data, to=room)
+        # What AsyncServer.emit does for a room, less its task per socket (to 1000 sockets the
+        # tasks cost about a sixth of the fan-out): encode the packet once, then queue it to
+        # each socket in turn (an Engine.IO socket's queue never blocks).
+        packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
+        encoded = packet.encode()
+        if not isinstance(encoded, str):  # binary attachments: the library's own way
+            await self.sio.emit(event, data, to=room)
+            return
+        message = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        for _, eio_sid in self.sio.manager.get_participants("/", room):
+            await self.sio.eio.send_packet(eio_sid, message)
 
     def hold(self) -> Callable[[], None]:
         """Hold live events back (they queue, in order) until the returned release is called."""
@@ -820,11 +832,10 @@ async def check_credentials(request: web.Request, body: dict[str, Any]) -> db.Ro
 
 async def member_channel(request: web.Request, user: db.Row, name: str) -> db.Row:
     """The named channel, if it exists (404) and the user is a member (401)."""
-    database = request.app[db_key]
-    channel = await db.channel_by_name(database, name)
+    channel = await db.channel_of_member(request.app[db_key], name, user["id"])
     if channel is None:
         raise ApiError(404, CHANNEL_NOT_FOUND)
-    if not await db.is_member(database, channel["id"], user["id"]):
+    if not channel["member"]:
         raise ApiError(401, NOT_IN_CHANNEL)
     return channel
 
@@ -978,6 +989,27 @@ async def deletemessage(request: web.Request, body: dict[str, Any]) -> web.Respo
     deleted = {"id": message["id"], "kind": message["kind"], "channel": message["channel"]}
     request.app[events_key].emit("message_deleted", deleted, readers_room(message))
     return ok("Message deleted!")
+
+
+@endpoint
+async def editmessage(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, message_id, text = fields(body, "token", "message_id", "message")
+    user = await authenticate(request, token)
+    check_message(text)
+    database, bridge = request.app[db_key], request.app[bridge_key]
+    message = await db.message_by_id(database, message_id)
+    if message is None:
+        raise ApiError(404, MESSAGE_NOT_FOUND)
+    if message["sender_id"] != user["id"]:  # written on Discord: no sender here
+        raise ApiError(403, "You can only edit your messages!")
+    request.app[limits_key].message_created(user["id"])  # edits count as sends
+    edited = await db.edit_message(database, message_id, user["id"], text, bridge.plan_posts)
+    if edited is None:
+        raise ApiError(404, MESSAGE_NOT_FOUND)  # deleted by a concurrent request
+    message, dests = edited
+    bridge.message_edited(dests)  # its copies on Discord follow; never awaited here
+    request.app[events_key].emit("message_edited", public(message), readers_room(message))
+    return ok("Message edited!")
 
 
 # channels

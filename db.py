@@ -29,11 +29,31 @@ import aiosqlite
 log = logging.getLogger("buttonapi.db")
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
+TOKEN_CACHE_SIZE = 10_000  # users whose token lookups are kept in memory at most
 
-MESSAGE_COLUMNS = "id, kind, sender, message, channel, recipient, timestamp, source"
+MESSAGE_COLUMNS = (
+    "id, kind, sender, message, channel, recipient, timestamp, source, edited_timestamp"
+)
+
+# Migrations of a file made by an older version: for each version, SQL run before and after
+# schema.sql (which creates what is missing), all in one transaction with the version bump.
+MIGRATIONS: dict[int, tuple[str, str]] = {
+    # 2: editmessage (messages.edited_timestamp) and the outbox's 'edit' state (a CHECK
+    # constraint: SQLite can only rebuild the table), `username` and `webhook_id`.
+    2: (
+        "ALTER TABLE messages ADD COLUMN edited_timestamp TEXT;"
+        " DROP INDEX discord_outbox_due; DROP INDEX discord_outbox_by_message;"
+        " ALTER TABLE discord_outbox RENAME TO discord_outbox_v1;",
+        "INSERT INTO discord_outbox (id, message_id, part, dest, state, content, nonce,"
+        " discord_channel_id, discord_message_id, attempts, not_before, last_error, created_at)"
+        " SELECT id, message_id, part, dest, state, content, nonce, discord_channel_id,"
+        " discord_message_id, attempts, not_before, last_error, created_at"
+        " FROM discord_outbox_v1; DROP TABLE discord_outbox_v1;",
+    ),
+}
 
 Row = dict[str, Any]
 WriteStep = Callable[[aiosqlite.Connection], Awaitable[Any]]
@@ -68,6 +88,15 @@ class Database:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        # user_by_token's cache (token: user). It is emptied after every committed write
+        # that changed a row of `users`, which the writer's triggers report (open_database).
+        self.tokens: dict[str, Row] = {}
+        self.tokens_epoch = 0  # counts the emptyings: a lookup that spans one is not kept
+        self._users_changed = False
+
+    def users_changed(self) -> None:
+        """Called by SQLite (on the writer's thread) for each changed or deleted user."""
+        self._users_changed = True
 
     def start(self) -> None:
         self._closing = False
@@ -96,8 +125,9 @@ class Database:
         return await future
 
     async def fetch_one(self, sql: str, params: tuple = ()) -> Row | None:
-        async with self.reader.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        """The row of a query that has at most one (a unique key, or LIMIT 1)."""
+        rows = await self.reader.execute_fetchall(sql, params)  # one trip to its thread, not 3
+        return rows[0] if rows else None
 
     async def fetch_all(self, sql: str, params: tuple = ()) -> list[Row]:
         return list(await self.reader.execute_fetchall(sql, params))
@@ -152,12 +182,45 @@ class Database:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
             raise
+        finally:
+            if self._users_changed:  # before any caller of the batch hears back
+                self._users_changed = False
+                self.tokens.clear()
+                self.tokens_epoch += 1
         return results
 
 
 def _create_private_file(path: str) -> None:
     """Create the database file readable by its owner only (it holds tokens)."""
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+
+async def _apply_schema(conn: aiosqlite.Connection, schema: str) -> None:
+    """Create what is missing; migrate a file of an older version (PRAGMA user_version; 0 is
+    a new file). One transaction: a crash leaves the file as it was or fully migrated."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        (version,) = (await cursor.fetchone()).values()
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"the database is of schema version {version}, newer than this server")
+    steps = [MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)] if version else []
+    script = "\n".join(
+        [
+            "BEGIN IMMEDIATE;",
+            *(before for before, _ in steps),
+            schema,
+            *(after for _, after in steps),
+            f"PRAGMA user_version = {SCHEMA_VERSION:d};",
+            "COMMIT;",
+        ]
+    )
+    if steps:
+        log.info("migrating the database from schema version %d to %d", version, SCHEMA_VERSION)
+    try:
+        await conn.executescript(script)
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
 
 
 @contextlib.asynccontextmanager
@@ -170,10 +233,15 @@ async def open_database(path: str) -> AsyncIterator[Database]:
         await writer.execute("PRAGMA journal_mode = WAL")
         await writer.execute("PRAGMA synchronous = FULL")
         await writer.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten
-        await writer.executescript(await asyncio.to_thread(SCHEMA_PATH.read_text, "utf-8"))
-        await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        await _apply_schema(writer, await asyncio.to_thread(SCHEMA_PATH.read_text, "utf-8"))
         reader = await _connect(path, readonly=True)
         db = Database(writer, reader)
+        await writer.create_function("users_changed", 0, db.users_changed)
+        for event in ("UPDATE", "DELETE"):  # TEMP: this connection's own, made at each start
+            await writer.execute(
+                f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
+                " BEGIN SELECT users_changed(); END"
+            )
         db.start()
         try:
             yield db
@@ -195,7 +263,16 @@ async def user_by_name(db: Database, username: str) -> Row | None:
 
 
 async def user_by_token(db: Database, token: str) -> Row | None:
-    return await db.fetch_one("SELECT id, username, token FROM users WHERE token = ?", (token,))
+    """The token's user: from memory after the first lookup (see Database.tokens)."""
+    user = db.tokens.get(token)
+    if user is None:
+        epoch = db.tokens_epoch
+        user = await db.fetch_one("SELECT id, username, token FROM users WHERE token = ?", (token,))
+        if user is not None and epoch == db.tokens_epoch:
+            if len(db.tokens) >= TOKEN_CACHE_SIZE:
+                db.tokens.clear()
+            db.tokens[token] = user
+    return None if user is None else dict(user)  # a copy: the cached row stays as read
 
 
 async def create_user(db: Database, username: str, password_hash: str) -> bool:
@@ -288,6 +365,15 @@ async def delete_account(db: Database, user_id: int) -> list[Row]:
 
 async def channel_by_name(db: Database, name: str) -> Row | None:
     return await db.fetch_one("SELECT id, name FROM channels WHERE name = ?", (name,))
+
+
+async def channel_of_member(db: Database, name: str, user_id: int) -> Row | None:
+    """The named channel, with `member` (1 or 0): whether the user is in it; one lookup."""
+    return await db.fetch_one(
+        "SELECT id, name, EXISTS (SELECT 1 FROM members WHERE channel_id = channels.id"
+        " AND user_id = ?) AS member FROM channels WHERE name = ?",
+        (user_id, name),
+    )
 
 
 async def is_member(db: Database, channel_id: int, user_id: int) -> bool:
@@ -410,6 +496,7 @@ async def insert_message(
             "recipient": recipient,
             "timestamp": now(),
             "source": source,
+            "edited_timestamp": None,
         }
         cursor = await conn.execute(
             "INSERT INTO messages (kind, sender_id, sender, message, channel_id, channel,"
@@ -474,6 +561,79 @@ async def delete_message(db: Database, message_id: int) -> bool:
     return await db.write(step, scrub=True)
 
 
+OutboxPlan = Callable[[str, str, str], list[Row]]  # (dest, username, text) -> rows; bot.py
+
+
+async def edit_message(
+    db: Database, message_id: int, sender_id: int, text: str, replan: OutboxPlan
+) -> tuple[Row, list[str]] | None:
+    """Replace the text of the sender's message and stamp `edited_timestamp`; None if it is
+    gone. Returns the message (with the ids that say who may read it) and the Discord
+    destinations that have work now.
+
+    Its Discord copies follow in the same transaction, per destination, part by part against
+    `replan(dest, sender, text)`: a post still waiting just gets the new text; a delivered
+    copy is to be edited ('edit'); parts the new text no longer needs are dropped or deleted
+    on Discord; extra parts are queued as posts (after the edits, as ids keep the order).
+    A destination that refused the message for good is left alone."""
+
+    async def step(conn: aiosqlite.Connection) -> tuple[Row, list[str]] | None:
+        async with conn.execute(
+            "UPDATE messages SET message = ?, edited_timestamp = ? WHERE id = ? AND sender_id = ?"
+            f" RETURNING {MESSAGE_COLUMNS}, sender_id, channel_id, recipient_id",
+            (text, now(), message_id, sender_id),
+        ) as cursor:
+            message = await cursor.fetchone()
+        if message is None:
+            return None
+        async with conn.execute(
+            "SELECT id, part, dest, state FROM discord_outbox WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        dests = []
+        for dest in dict.fromkeys(row["dest"] for row in rows):
+            mine = [r for r in rows if r["dest"] == dest]
+            if any(r["state"] == "failed" for r in mine):
+                continue
+            live = {r["part"]: r for r in mine if r["state"] in ("post", "posted", "edit")}
+            planned = replan(dest, message["sender"], text)
+            await _outbox_replan(conn, message_id, dest, live, planned)
+            dests.append(dest)
+        return message, dests
+
+    return await db.write(step, scrub=True)  # the old text does not stay in the WAL either
+
+
+async def _outbox_replan(
+    conn: aiosqlite.Connection, message_id: int, dest: str, live: dict[int, Row], planned: list[Row]
+) -> None:
+    for new in planned:
+        row = live.pop(new["part"], None)
+        if row is None:
+            await _outbox_insert(conn, message_id, [new])
+        elif row["state"] == "post":
+            await conn.execute(
+                "UPDATE discord_outbox SET content = ?, username = ? WHERE id = ?",
+                (new["content"], new["username"], row["id"]),
+            )
+        else:
+            await conn.execute(
+                "UPDATE discord_outbox SET state = 'edit', content = ?, username = ?,"
+                " attempts = 0, not_before = 0, last_error = NULL WHERE id = ?",
+                (new["content"], new["username"], row["id"]),
+            )
+    for row in live.values():  # parts the new text does not need
+        if row["state"] == "post":
+            await conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row["id"],))
+        else:
+            await conn.execute(
+                "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
+                " not_before = 0, last_error = NULL WHERE id = ?",
+                (row["id"],),
+            )
+
+
 class Page(NamedTuple):
     """Which messages of a list: ids between `after` and `before` (both excluded); the newest
     `count` of them, or with `oldest` the oldest `count` (paging forwards from `after`).
@@ -523,8 +683,8 @@ async def has_sent(db: Database, user_id: int) -> bool:
 
 
 DM_SELECT = (
-    "SELECT m.id, m.kind, m.sender, m.message, m.channel, m.recipient, m.timestamp, m.source"
-    " FROM dm_links AS d JOIN messages AS m ON m.id = d.message_id"
+    "SELECT m.id, m.kind, m.sender, m.message, m.channel, m.recipient, m.timestamp, m.source,"
+    " m.edited_timestamp FROM dm_links AS d JOIN messages AS m ON m.id = d.message_id"
 )
 
 
@@ -560,17 +720,20 @@ async def has_dms(db: Database, user_id: int) -> bool:
 
 OUTBOX_COLUMNS = (
     "id, message_id, part, dest, state, content, nonce, discord_channel_id,"
-    " discord_message_id, attempts, not_before"
+    " discord_message_id, attempts, not_before, username, webhook_id"
 )
 
 
 async def _outbox_insert(conn: aiosqlite.Connection, message_id: int | None, rows: Any) -> None:
-    """Queue posts ({dest, part, content, nonce}) for a message, inside its transaction."""
+    """Queue posts ({dest, part, content, nonce, username}) for a message, in its transaction."""
     created = now()
     await conn.executemany(
-        "INSERT INTO discord_outbox (message_id, part, dest, state, content, nonce, created_at)"
-        " VALUES (?, ?, ?, 'post', ?, ?, ?)",
-        [(message_id, r["part"], r["dest"], r["content"], r["nonce"], created) for r in rows],
+        "INSERT INTO discord_outbox (message_id, part, dest, state, content, nonce, username,"
+        " created_at) VALUES (?, ?, ?, 'post', ?, ?, ?, ?)",
+        [
+            (message_id, r["part"], r["dest"], r["content"], r["nonce"], r["username"], created)
+            for r in rows
+        ],
     )
 
 
@@ -579,7 +742,7 @@ async def _outbox_message_deleted(conn: aiosqlite.Connection, message_id: int) -
     is dropped (waiting posts are never sent), and no copy of its text stays here."""
     await conn.execute(
         "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
-        " not_before = 0, last_error = NULL WHERE message_id = ? AND state = 'posted'",
+        " not_before = 0, last_error = NULL WHERE message_id = ? AND state IN ('posted', 'edit')",
         (message_id,),
     )
     await conn.execute(
@@ -589,10 +752,10 @@ async def _outbox_message_deleted(conn: aiosqlite.Connection, message_id: int) -
 
 
 async def outbox_next(db: Database, dest: str) -> Row | None:
-    """The oldest row of a destination that still has work (a post or a delete)."""
+    """The oldest row of a destination that still has work (a post, an edit or a delete)."""
     return await db.fetch_one(
         f"SELECT {OUTBOX_COLUMNS} FROM discord_outbox"
-        " WHERE dest = ? AND state IN ('post', 'delete') ORDER BY id LIMIT 1",
+        " WHERE dest = ? AND state IN ('post', 'edit', 'delete') ORDER BY id LIMIT 1",
         (dest,),
     )
 
@@ -600,7 +763,7 @@ async def outbox_next(db: Database, dest: str) -> Row | None:
 async def outbox_dests(db: Database) -> list[str]:
     """Every destination with work left (at start: resume after a restart)."""
     rows = await db.fetch_all(
-        "SELECT DISTINCT dest FROM discord_outbox WHERE state IN ('post', 'delete')"
+        "SELECT DISTINCT dest FROM discord_outbox WHERE state IN ('post', 'edit', 'delete')"
     )
     return [row["dest"] for row in rows]
 
@@ -623,40 +786,68 @@ async def outbox_outcome(db: Database, message_id: int) -> str:
     states = {row["state"] for row in rows}
     if "failed" in states:
         return "refused"
-    return "sent" if states <= {"posted"} else "queued"
+    return "sent" if states <= {"posted", "edit"} else "queued"
 
 
 async def outbox_posted(
-    db: Database, row: Row, discord_channel_id: int, discord_message_id: int
+    db: Database,
+    row: Row,
+    discord_channel_id: int,
+    discord_message_id: int,
+    webhook_id: int | None,
+    current: bool,
 ) -> bool:
-    """Discord accepted a post: keep its ids, drop its text. If the message was deleted while
-    the post was in flight, queue the deletion of the new copy instead; False then."""
+    """Discord accepted a post: keep its ids, drop its text. `current`: Discord's copy has the
+    text that was sent (False when a nonce matched an older post of the row).
+
+    If the text changed meanwhile (an edit while the post was in flight), or the copy is
+    not current, the copy is to be edited to the row's text. If the message or this part was
+    deleted meanwhile, queue the deletion of the new copy instead; False then."""
 
     async def step(conn: aiosqlite.Connection) -> bool:
-        cursor = await conn.execute(
-            "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL,"
-            " discord_channel_id = ?, discord_message_id = ? WHERE id = ? AND state = 'post'",
-            (discord_channel_id, discord_message_id, row["id"]),
-        )
-        if cursor.rowcount == 1:
+        async with conn.execute(
+            "SELECT content FROM discord_outbox WHERE id = ? AND state = 'post'", (row["id"],)
+        ) as cursor:
+            waiting = await cursor.fetchone()
+        ids = (discord_channel_id, discord_message_id, webhook_id)
+        if waiting is not None and current and waiting["content"] == row["content"]:
+            await conn.execute(
+                "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL,"
+                " discord_channel_id = ?, discord_message_id = ?, webhook_id = ? WHERE id = ?",
+                (*ids, row["id"]),
+            )
+            return True
+        if waiting is not None:
+            await conn.execute(
+                "UPDATE discord_outbox SET state = 'edit', attempts = 0, not_before = 0,"
+                " last_error = NULL, discord_channel_id = ?, discord_message_id = ?,"
+                " webhook_id = ? WHERE id = ?",
+                (*ids, row["id"]),
+            )
             return True
         await conn.execute(
             "INSERT INTO discord_outbox (message_id, part, dest, state, nonce,"
-            " discord_channel_id, discord_message_id, created_at)"
-            " VALUES (?, ?, ?, 'delete', ?, ?, ?, ?)",
-            (
-                row["message_id"],
-                row["part"],
-                row["dest"],
-                row["nonce"],
-                discord_channel_id,
-                discord_message_id,
-                now(),
-            ),
+            " discord_channel_id, discord_message_id, webhook_id, created_at)"
+            " VALUES (?, ?, ?, 'delete', ?, ?, ?, ?, ?)",
+            (row["message_id"], row["part"], row["dest"], row["nonce"], *ids, now()),
         )
         return False
 
     return await db.write(step)
+
+
+async def outbox_edited(db: Database, row: Row) -> None:
+    """Discord's copy now has the row's text; unless the text changed again meanwhile (then
+    the edit goes round once more), nothing is left to do but to remember the copy."""
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL"
+            " WHERE id = ? AND state = 'edit' AND content = ?",
+            (row["id"], row["content"]),
+        )
+
+    await db.write(step)
 
 
 async def outbox_done(db: Database, row_id: int) -> None:
@@ -683,9 +874,17 @@ async def outbox_retry(db: Database, row_id: int, not_before: float, error: str)
 
 async def outbox_refused(db: Database, row: Row, error: str) -> list[str]:
     """Discord refused a row for good: it and the waiting parts of the same message fail
-    (never retried, text dropped). Returns the nonces of the failed posts."""
+    (never retried, text dropped). Returns the nonces of the failed posts. A refused edit
+    leaves the copy as it was (still known, so a deletion can reach it)."""
 
     async def step(conn: aiosqlite.Connection) -> list[str]:
+        if row["state"] == "edit":
+            await conn.execute(
+                "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = ?"
+                " WHERE id = ? AND state = 'edit'",
+                (error, row["id"]),
+            )
+            return []
         if row["state"] != "post" or row["message_id"] is None:
             await conn.execute(
                 "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
@@ -714,7 +913,7 @@ async def outbox_redirect(db: Database, old_dest: str, new_dest: str) -> None:
     async def step(conn: aiosqlite.Connection) -> None:
         await conn.execute(
             "UPDATE discord_outbox SET dest = ? WHERE dest = ?"
-            " AND state IN ('post', 'delete') AND state = 'post'",  # the IN: the partial index
+            " AND state IN ('post', 'edit', 'delete') AND state = 'post'",  # IN: the partial index
             (new_dest, old_dest),
         )
 
@@ -726,7 +925,7 @@ async def outbox_drop(db: Database, dest: str) -> None:
 
     async def step(conn: aiosqlite.Connection) -> None:
         await conn.execute(
-            "DELETE FROM discord_outbox WHERE dest = ? AND state IN ('post', 'delete')"
+            "DELETE FROM discord_outbox WHERE dest = ? AND state IN ('post', 'edit', 'delete')"
             " AND state = 'post'",  # the IN: the partial index
             (dest,),
         )

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS messages (
     recipient_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
     recipient    TEXT,
     timestamp    TEXT NOT NULL,
-    source       TEXT NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'discord'))
+    source       TEXT NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'discord')),
+    edited_timestamp TEXT                      -- NULL until editmessage; same format as timestamp
 );
 -- getmessagesforeveryone: the public feed, newest first.
 CREATE INDEX IF NOT EXISTS messages_by_kind ON messages (kind, id);
@@ -80,18 +81,24 @@ CREATE INDEX IF NOT EXISTS nonces_by_message ON nonces (message_id);
 -- Discord bridge (SPEC section 6, bot.py).
 -- The outbox: one row per post bound for Discord (a text over 2000 characters is several
 -- posts), committed with its message. `state`: 'post' (to deliver), 'posted' (Discord has it:
--- its ids are kept so deletemessage can delete the copy), 'delete' (a copy to delete on
--- Discord), 'failed' (refused for good; never retried). `dest` is the delivery queue:
+-- its ids are kept so deletemessage and editmessage can reach the copy), 'edit' (a copy whose
+-- text is to be replaced by `content`), 'delete' (a copy to delete on Discord), 'failed'
+-- (refused for good; never retried). `dest` is the delivery queue:
 -- 'channel:<Discord channel id>', 'user:<Discord user id>' (a DM), or 'name:<channel name>'
 -- (a mirror planned before the guild's channels were known). `content` is kept only while
--- the post waits. `nonce` makes Discord return the message it already created instead of
--- posting a retry twice. `not_before`: Unix time of the next attempt (backoff).
+-- the post or edit waits, as the bot posts it (the first part starts with `**name**: `).
+-- `username`: the Button API sender's name, shown as the display name when the post goes
+-- through a channel webhook (NULL: posted by the bot only: DMs, the bot's own replies).
+-- `webhook_id`: the webhook that posted the copy (NULL: the bot did). `nonce` makes Discord
+-- return the message it already created instead of posting a retry twice. `not_before`:
+-- Unix time of the next attempt (backoff).
 CREATE TABLE IF NOT EXISTS discord_outbox (
     id                 INTEGER PRIMARY KEY,
     message_id         INTEGER,                -- the Button API message; NULL: the bot's own
     part               INTEGER NOT NULL DEFAULT 0,
     dest               TEXT NOT NULL,
-    state              TEXT NOT NULL CHECK (state IN ('post', 'posted', 'delete', 'failed')),
+    state              TEXT NOT NULL
+                       CHECK (state IN ('post', 'posted', 'edit', 'delete', 'failed')),
     content            TEXT,
     nonce              TEXT NOT NULL,
     discord_channel_id INTEGER,
@@ -99,11 +106,13 @@ CREATE TABLE IF NOT EXISTS discord_outbox (
     attempts           INTEGER NOT NULL DEFAULT 0,
     not_before         REAL NOT NULL DEFAULT 0,
     last_error         TEXT,
-    created_at         TEXT NOT NULL
+    created_at         TEXT NOT NULL,
+    username           TEXT,
+    webhook_id         INTEGER
 );
 -- Each destination's worker: its oldest row with work left; the destinations with work left.
 CREATE INDEX IF NOT EXISTS discord_outbox_due ON discord_outbox (dest, id)
-    WHERE state IN ('post', 'delete');
+    WHERE state IN ('post', 'edit', 'delete');
 -- deletemessage: the Discord copies of a message.
 CREATE INDEX IF NOT EXISTS discord_outbox_by_message ON discord_outbox (message_id);
 

@@ -52,8 +52,11 @@ class _AnyId:
 ID = _AnyId()
 
 
-def msg(id, kind, sender, message, *, channel=None, recipient=None, source="api"):
-    """The exact message object of SPEC §4 (any well-formed timestamp)."""
+def msg(
+    id, kind, sender, message, *, channel=None, recipient=None, source="api", edited_timestamp=None
+):
+    """The exact message object of SPEC §4 (any well-formed timestamp); `edited_timestamp`
+    is None until the message is edited (pass TIMESTAMP for an edited one)."""
     return {
         "id": id,
         "kind": kind,
@@ -63,6 +66,7 @@ def msg(id, kind, sender, message, *, channel=None, recipient=None, source="api"
         "recipient": recipient,
         "timestamp": TIMESTAMP,
         "source": source,
+        "edited_timestamp": edited_timestamp,
     }
 
 

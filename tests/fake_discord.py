@@ -81,8 +81,23 @@ Public API
 ----------
 ``FakeDiscord(*, guild_id=..., guild_name=..., channels={name: id}, members=[user dicts],
 token=..., bot_id=..., bot_name=..., heartbeat_interval_ms=41250, echo_own_messages=True,
-disallowed_intents=0, port=0)`` (``port``: a fixed loopback port, e.g. to come up where a
-client is already trying to connect; 0 lets the OS pick)
+disallowed_intents=0, port=0, bot_role_permissions=0)`` (``port``: a fixed loopback port, e.g.
+to come up where a client is already trying to connect; 0 lets the OS pick;
+``bot_role_permissions``: extra guild-wide permission bits of the bot's own role, e.g.
+``MANAGE_WEBHOOKS``)
+
+* Permissions: GUILD_CREATE carries the roles (@everyone, and the bot's managed role given to
+  the bot's member) and each channel's ``permission_overwrites``, so discord.py computes
+  ``channel.permissions_for(guild.me)`` as with Discord. ``await fake.allow_webhooks(channel,
+  allowed=True)`` gives (``False``: denies, ``None``: clears) the bot Manage Webhooks in one
+  channel with a member overwrite and dispatches CHANNEL_UPDATE to a connected client.
+  ``fake.bot_permissions(channel)`` is the fake's own computation, which the REST routes
+  enforce (webhook routes: Manage Webhooks; deleting another author's message: Manage
+  Messages).
+* Webhooks: ``fake.webhooks`` ({id: webhook object with its token}); ``fake.add_webhook(
+  channel, name, by_bot=False)`` makes one that already exists (by a guild admin: Discord
+  lists it to the bot without its token; ``by_bot=True``: as if the bot made it earlier);
+  ``fake.delete_webhook(id)`` removes one as an admin would (its messages stay).
 
 * ``await fake.start()`` / ``await fake.close()``
 * ``fake.api_base``, ``fake.gateway_url``, ``fake.token``, ``fake.bot_user`` (dict),
@@ -100,13 +115,17 @@ client is already trying to connect; 0 lets the OS pick)
       (``done`` becomes True when answered, or dropped: ``done and status is None``);
       ``fake.attempt_times(target, method="POST")`` gives the arrival times.
     - ``fake.messages``: ``{channel_id: [PostedMessage, ...]}`` for successful
-      bot posts (``id``, ``channel_id``, ``content``, ``allowed_mentions``,
-      ``body``, ``files``, ``deleted``, ``edits``); ``fake.contents(channel)``
-      returns the posted contents. A post with ``nonce`` and ``enforce_nonce: true``
-      whose nonce was used before returns that earlier message and posts nothing
+      bot posts and webhook executions (``id``, ``channel_id``, ``content``,
+      ``allowed_mentions``, ``body``, ``files``, ``deleted``, ``edits``,
+      ``webhook_id`` and ``username`` for a webhook post); ``fake.contents(channel)``
+      returns the posted contents, ``fake.shown(channel)`` what the channel shows now
+      (the current text of every post not deleted). A post with ``nonce`` and
+      ``enforce_nonce: true`` whose nonce was used before returns that earlier message and
+      posts nothing
       (Discord checks "the past few minutes"; the fake remembers every nonce).
     - ``fake.edited``: list of ``(channel_id, message_id, json_body)``;
-      ``fake.deleted``: list of ``(channel_id, message_id)``.
+      ``fake.deleted``: list of ``(channel_id, message_id)`` (through the channel's
+      routes or a webhook's).
     - Gateway: ``fake.identifies`` (IDENTIFY ``d`` payloads), ``fake.intents``
       (intents of the last IDENTIFY), ``fake.resumes`` (RESUME ``d`` payloads),
       ``fake.heartbeats`` (count of op 1 received), ``fake.gateway_connections``
@@ -134,9 +153,10 @@ client is already trying to connect; 0 lets the OS pick)
   and replayed on RESUME (like Discord); a re-IDENTIFY loses them.
 * Faults (per destination): ``fake.fail(target, status=500, *, code=None,
   message=None, retry_after=1.5, is_global=False, hang=False, times=None,
-  method=None)`` -> :class:`Fault`. ``target`` is a channel id (guild or DM
-  channel; every REST route under ``/channels/{id}`` is affected, optionally only
-  ``method``), a channel name, or ``FakeDiscord.DM_CREATE`` for
+  method=None, path=None)`` -> :class:`Fault`. ``target`` is a channel id (guild or DM
+  channel; every REST route under ``/channels/{id}`` and of that channel's webhooks is
+  affected, optionally only ``method`` and paths matching the regular expression
+  ``path``), a channel name, or ``FakeDiscord.DM_CREATE`` for
   ``POST /users/@me/channels``. Bodies: 429 ->
   ``{"message": "You are being rate limited.", "retry_after": x, "global": false}``
   with ``Retry-After``, ``X-RateLimit-*`` and ``Via`` headers; 403 -> code 50013
@@ -161,6 +181,10 @@ REST routes (under ``/api/v10``): ``GET /gateway``, ``GET /gateway/bot``,
 (discord.py's ``login()`` calls it), ``POST /users/@me/channels``,
 ``GET /channels/{id}``, ``POST /channels/{id}/messages`` (JSON or multipart),
 ``GET|PATCH|DELETE /channels/{id}/messages/{mid}``, ``POST /channels/{id}/typing``,
+``GET|POST /channels/{id}/webhooks`` (list: tokens only of the bot's own; create: name rules,
+at most 15 per channel), ``POST /webhooks/{id}/{token}`` (execute; ``?wait=true`` or ``1``
+returns the message, else 204; ``username`` follows Discord's name rules, else 400 50035),
+``PATCH|DELETE /webhooks/{id}/{token}/messages/{mid}`` (only that webhook's messages),
 ``GET /guilds/{id}``, ``GET /guilds/{id}/members/{uid}``. Anything else gets a
 recorded 404 ``{"message": "404: Not Found", "code": 0}``. Successful responses
 carry no ``X-RateLimit-*`` headers, so discord.py never pre-emptively sleeps.
@@ -202,14 +226,26 @@ ERROR_MESSAGES = {
     10003: "Unknown Channel",
     10008: "Unknown Message",
     10013: "Unknown User",
+    10015: "Unknown Webhook",
+    30007: "Maximum number of webhooks reached (15)",
     50001: "Missing Access",
     50005: "Cannot edit a message authored by another user",
     50007: "Cannot send messages to this user",
     50013: "Missing Permissions",
+    50027: "Invalid Webhook Token",
 }
 
+# Permission bits the fake computes (Discord's values).
+ADMINISTRATOR = 1 << 3
+MANAGE_MESSAGES = 1 << 13
+MANAGE_WEBHOOKS = 1 << 29
+ALL_PERMISSIONS = (1 << 53) - 1
 # VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY | ADD_REACTIONS
 _EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 6)
+MAX_WEBHOOKS_PER_CHANNEL = 15
+# Discord's username rules for a webhook's name and a post's display name.
+_WEBHOOK_NAME_FORBIDDEN = ("@", "#", ":", "```", "discord", "clyde")
+_WEBHOOK_NAME_RESERVED = ("everyone", "here")
 
 _MENTION_RE = re.compile(r"<@!?(\d+)>")
 
@@ -227,13 +263,16 @@ class Fault:
     hang: bool = False
     times: int | None = None
     method: str | None = None
+    path: str | None = None  # a regular expression the request path must match (re.search)
     hits: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
-    def matches(self, target: int | str | None, method: str) -> bool:
+    def matches(self, target: int | str | None, method: str, path: str = "") -> bool:
         if target != self.target:
             return False
         if self.method is not None and self.method.upper() != method:
+            return False
+        if self.path is not None and not re.search(self.path, path):
             return False
         return self.times is None or self.hits < self.times
 
@@ -265,6 +304,8 @@ class PostedMessage:
     time: float
     deleted: bool = False
     edits: list[dict] = field(default_factory=list)
+    webhook_id: int | None = None  # posted by executing this webhook (else by the bot)
+    username: str | None = None  # the webhook post's display name
 
 
 @dataclass
@@ -300,6 +341,24 @@ def _error(status: int, code: int, message: str | None = None) -> web.Response:
     )
 
 
+def _name_problem(name: Any) -> tuple[str, str] | None:
+    """Why Discord refuses a webhook name or a webhook post's username: (code, message)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 80:
+        return "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 80 in length."
+    folded = name.casefold()
+    if folded in _WEBHOOK_NAME_RESERVED:
+        return "USERNAME_INVALID", f'Username cannot be "{folded}"'
+    for bad in _WEBHOOK_NAME_FORBIDDEN:
+        if bad in folded:
+            return "USERNAME_INVALID_CONTAINS", f'Username cannot contain "{bad}"'
+    return None
+
+
+def _invalid_form(name: str, code: str, message: str) -> web.Response:
+    errors = {name: {"_errors": [{"code": code, "message": message}]}}
+    return _json_response({"message": "Invalid Form Body", "code": 50035, "errors": errors}, 400)
+
+
 class FakeDiscord:
     """Fake Discord REST v10 + gateway server. See the module docstring."""
 
@@ -319,6 +378,7 @@ class FakeDiscord:
         echo_own_messages: bool = True,
         disallowed_intents: int = 0,
         port: int = 0,
+        bot_role_permissions: int = 0,
     ) -> None:
         self.guild_id = int(guild_id)
         self.guild_name = guild_name
@@ -329,6 +389,11 @@ class FakeDiscord:
         self.echo_own_messages = echo_own_messages
         self.disallowed_intents = disallowed_intents
         self._requested_port = port  # 0: the OS picks a free port
+        # The bot's own (managed) role, on top of @everyone; channel overwrites per channel.
+        self.bot_role_id = self.guild_id + 1
+        self.bot_role_permissions = bot_role_permissions
+        self.overwrites: dict[int, list[dict]] = defaultdict(list)
+        self.webhooks: dict[int, dict] = {}  # webhook id -> webhook object (token included)
         self.bot_user: dict = {
             "id": str(self.bot_id),
             "username": bot_name,
@@ -432,6 +497,11 @@ class FakeDiscord:
     def contents(self, channel: int | str) -> list[str | None]:
         return [m.content for m in self.messages[self.channel_id(channel)]]
 
+    def shown(self, channel: int | str) -> list[str]:
+        """What a channel shows now: the current text of each post that is not deleted."""
+        posts = self.messages[self.channel_id(channel)]
+        return [self._all_messages[p.id]["content"] for p in posts if not p.deleted]
+
     def attempt_times(self, target: int | str, method: str | None = "POST") -> list[float]:
         if isinstance(target, str) and target != self.DM_CREATE:
             target = self.channel_id(target)
@@ -446,6 +516,72 @@ class FakeDiscord:
         if user_id not in self._dm_channels:
             self._dm_channels[user_id] = self._snowflake()
         return self._dm_channels[user_id]
+
+    # ------------------------------------------------------------------ permissions, webhooks
+
+    def bot_permissions(self, channel: int | str) -> int:
+        """The bot's permissions in a guild channel, computed like Discord: @everyone and the
+        bot's role, then the channel's overwrites (@everyone, role, member)."""
+        cid = self.channel_id(channel)
+        base = _EVERYONE_PERMISSIONS | self.bot_role_permissions
+        if base & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        overwrites = {int(o["id"]): o for o in self.overwrites[cid]}
+        for target in (self.guild_id, self.bot_role_id, self.bot_id):
+            overwrite = overwrites.get(target)
+            if overwrite is not None:
+                base = (base & ~int(overwrite["deny"])) | int(overwrite["allow"])
+        return base
+
+    async def allow_webhooks(self, channel: int | str, allowed: bool | None = True) -> None:
+        """Give (True) or deny (False) the bot Manage Webhooks in one channel through a
+        member overwrite, or remove that overwrite (None). A connected client is sent
+        CHANNEL_UPDATE, as Discord does."""
+        cid = self.channel_id(channel)
+        rest = [o for o in self.overwrites[cid] if int(o["id"]) != self.bot_id]
+        if allowed is not None:
+            bit = str(MANAGE_WEBHOOKS)
+            allow, deny = (bit, "0") if allowed else ("0", bit)
+            rest.append({"id": str(self.bot_id), "type": 1, "allow": allow, "deny": deny})
+        self.overwrites[cid] = rest
+        if self._session is not None and self._wants(INTENT_GUILDS):
+            await self._dispatch("CHANNEL_UPDATE", self._channel_obj(cid))
+
+    def add_webhook(self, channel: int | str, name: str = "Other hook", *, by_bot=False) -> dict:
+        """A webhook that already exists in a channel: made by the bot, or by a guild admin
+        (then Discord does not give the bot its token)."""
+        if by_bot:
+            creator = self.bot_user
+        else:
+            creator = self._register_user({"id": 500000000000000999, "username": "admin"})
+        return self._new_webhook(self.channel_id(channel), name, creator, by_bot=by_bot)
+
+    def _new_webhook(self, cid: int, name: str, creator: dict, *, by_bot: bool) -> dict:
+        wid = self._snowflake()
+        webhook = {
+            "id": str(wid),
+            "type": 1,
+            "guild_id": str(self.guild_id),
+            "channel_id": str(cid),
+            "user": creator,
+            "name": name,
+            "avatar": None,
+            "token": uuid.uuid4().hex + uuid.uuid4().hex,
+            "application_id": str(self.bot_id) if by_bot else None,
+        }
+        self.webhooks[wid] = webhook
+        return webhook
+
+    def delete_webhook(self, webhook_id: int | str) -> None:
+        """A guild admin deletes a webhook (its messages stay)."""
+        del self.webhooks[int(webhook_id)]
+
+    def _webhook_view(self, webhook: dict) -> dict:
+        """A webhook as GET /channels/{id}/webhooks shows it to the bot: the token only of
+        the webhooks the bot made."""
+        if webhook["application_id"] == str(self.bot_id):
+            return dict(webhook)
+        return {k: v for k, v in webhook.items() if k != "token"}
 
     # ------------------------------------------------------------------ waiting
 
@@ -484,6 +620,7 @@ class FakeDiscord:
         hang: bool = False,
         times: int | None = None,
         method: str | None = None,
+        path: str | None = None,
     ) -> Fault:
         if isinstance(target, str) and target != self.DM_CREATE:
             target = self.channel_id(target)
@@ -497,6 +634,7 @@ class FakeDiscord:
             hang=hang,
             times=times,
             method=method,
+            path=path,
         )
         self.faults.append(fault)
         return fault
@@ -571,7 +709,7 @@ class FakeDiscord:
     def _member_obj(self, uid: int, *, nick: str | None = None, with_user: bool = True) -> dict:
         member = {
             "nick": nick,
-            "roles": [],
+            "roles": [str(self.bot_role_id)] if uid == self.bot_id else [],
             "joined_at": "2024-01-01T00:00:00+00:00",
             "deaf": False,
             "mute": False,
@@ -592,7 +730,7 @@ class FakeDiscord:
                     "guild_id": str(self.guild_id),
                     "name": name,
                     "position": position,
-                    "permission_overwrites": [],
+                    "permission_overwrites": [dict(o) for o in self.overwrites[cid]],
                     "parent_id": None,
                     "nsfw": False,
                     "topic": None,
@@ -651,7 +789,19 @@ class FakeDiscord:
                     "managed": False,
                     "mentionable": False,
                     "flags": 0,
-                }
+                },
+                {
+                    "id": str(self.bot_role_id),
+                    "name": self.bot_user["username"],
+                    "permissions": str(self.bot_role_permissions),
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": True,
+                    "mentionable": False,
+                    "flags": 0,
+                    "tags": {"bot_id": str(self.bot_id)},
+                },
             ],
             "emojis": [],
             "stickers": [],
@@ -993,6 +1143,23 @@ class FakeDiscord:
             "_r_delete_message",
         ),
         ("POST", re.compile(r"/channels/(?P<channel_id>\d+)/typing"), "_r_typing"),
+        ("GET", re.compile(r"/channels/(?P<channel_id>\d+)/webhooks"), "_r_channel_webhooks"),
+        ("POST", re.compile(r"/channels/(?P<channel_id>\d+)/webhooks"), "_r_create_webhook"),
+        ("POST", re.compile(r"/webhooks/(?P<webhook_id>\d+)/(?P<token>[^/]+)"), "_r_execute"),
+        (
+            "PATCH",
+            re.compile(
+                r"/webhooks/(?P<webhook_id>\d+)/(?P<token>[^/]+)/messages/(?P<message_id>\d+)"
+            ),
+            "_r_webhook_edit",
+        ),
+        (
+            "DELETE",
+            re.compile(
+                r"/webhooks/(?P<webhook_id>\d+)/(?P<token>[^/]+)/messages/(?P<message_id>\d+)"
+            ),
+            "_r_webhook_delete",
+        ),
         ("GET", re.compile(r"/guilds/(?P<guild_id>\d+)"), "_r_get_guild"),
         ("GET", re.compile(r"/guilds/(?P<guild_id>\d+)/members/(?P<user_id>\d+)"), "_r_get_member"),
     ]
@@ -1014,6 +1181,9 @@ class FakeDiscord:
         target: int | str | None = None
         if "channel_id" in params:
             target = int(params["channel_id"])
+        elif "webhook_id" in params:  # a webhook's requests count as its channel's
+            webhook = self.webhooks.get(int(params["webhook_id"]))
+            target = int(webhook["channel_id"]) if webhook else None
         elif handler_name == "_r_create_dm":
             target = self.DM_CREATE
 
@@ -1042,11 +1212,12 @@ class FakeDiscord:
     ) -> web.Response | None:
         if (
             handler_name != "_r_gateway"
+            and "token" not in params  # a webhook's token is its authorization
             and request.headers.get("Authorization") != f"Bot {self.token}"
         ):
             return _json_response({"message": "401: Unauthorized", "code": 0}, 401)
         for fault in list(self.faults):
-            if fault.matches(attempt.target, attempt.method):
+            if fault.matches(attempt.target, attempt.method, attempt.path):
                 fault.hits += 1
                 attempt.fault = fault
                 if fault.times is not None and fault.hits >= fault.times and fault in self.faults:
@@ -1061,7 +1232,7 @@ class FakeDiscord:
         if handler_name is None:
             return _json_response({"message": "404: Not Found", "code": 0}, 404)
         handler = getattr(self, handler_name)
-        return await handler(body=body, files=files, **params)
+        return await handler(body=body, files=files, query=request.query, **params)
 
     async def _r_gateway(self, **_: Any) -> web.Response:
         return _json_response({"url": self.gateway_url})
@@ -1214,6 +1385,122 @@ class FakeDiscord:
     def _public(msg: dict) -> dict:
         return {k: v for k, v in msg.items() if not k.startswith("_")}
 
+    # webhooks
+
+    async def _r_channel_webhooks(self, *, channel_id: str, **_: Any) -> web.Response:
+        cid = int(channel_id)
+        if not self._is_guild_channel(cid):
+            return _error(404, 10003)
+        if not self.bot_permissions(cid) & MANAGE_WEBHOOKS:
+            return _error(403, 50013)
+        hooks = [w for w in self.webhooks.values() if w["channel_id"] == str(cid)]
+        return _json_response([self._webhook_view(w) for w in hooks])
+
+    async def _r_create_webhook(self, *, channel_id: str, body: Any, **_: Any) -> web.Response:
+        cid = int(channel_id)
+        if not self._is_guild_channel(cid):
+            return _error(404, 10003)
+        if not self.bot_permissions(cid) & MANAGE_WEBHOOKS:
+            return _error(403, 50013)
+        name = body.get("name") if isinstance(body, dict) else None
+        problem = _name_problem(name)
+        if problem is not None:
+            return _invalid_form("name", *problem)
+        if sum(w["channel_id"] == str(cid) for w in self.webhooks.values()) >= (
+            MAX_WEBHOOKS_PER_CHANNEL
+        ):
+            return _error(400, 30007)
+        webhook = self._new_webhook(cid, name, self.bot_user, by_bot=True)
+        await self._notify()
+        return _json_response(webhook)
+
+    def _webhook_auth(self, webhook_id: str, token: str) -> tuple[dict | None, web.Response | None]:
+        webhook = self.webhooks.get(int(webhook_id))
+        if webhook is None:
+            return None, _error(404, 10015)
+        if token != webhook["token"]:
+            return None, _error(401, 50027)
+        return webhook, None
+
+    async def _r_execute(
+        self, *, webhook_id: str, token: str, body: Any, files: list[dict], query: Any, **_: Any
+    ) -> web.Response:
+        webhook, refusal = self._webhook_auth(webhook_id, token)
+        if refusal is not None:
+            return refusal
+        body = body if isinstance(body, dict) else {}
+        username = body.get("username")
+        if username is not None and (problem := _name_problem(username)) is not None:
+            return _invalid_form("username", *problem)
+        content = body.get("content")
+        if not content and not files and not body.get("embeds"):
+            return _json_response({"message": "Cannot send an empty message", "code": 50006}, 400)
+        cid, wid = int(webhook["channel_id"]), int(webhook["id"])
+        author = {
+            "id": str(wid),
+            "username": username or webhook["name"],
+            "discriminator": "0000",
+            "global_name": None,
+            "avatar": None,
+            "bot": True,
+            "public_flags": 0,
+        }
+        msg = self._message_obj(
+            channel_id=cid,
+            author=author,
+            content=content or "",
+            embeds=body.get("embeds"),
+            webhook_id=wid,
+        )
+        self.messages[cid].append(
+            PostedMessage(
+                id=int(msg["id"]),
+                channel_id=cid,
+                content=content,
+                allowed_mentions=body.get("allowed_mentions"),
+                body=body,
+                files=[{k: v for k, v in f.items() if k != "data"} for f in files],
+                time=asyncio.get_running_loop().time(),
+                webhook_id=wid,
+                username=author["username"],
+            )
+        )
+        await self._notify()
+        await self._echo("MESSAGE_CREATE", dict(msg, guild_id=str(self.guild_id)), cid)
+        if query.get("wait", "").lower() not in ("1", "true"):
+            return web.Response(status=204)
+        return _json_response(self._public(msg))
+
+    def _webhook_message(self, webhook: dict, message_id: str) -> dict | None:
+        msg = self._find_message(int(webhook["channel_id"]), int(message_id))
+        if msg is None or msg.get("webhook_id") != webhook["id"]:
+            return None  # Discord: Unknown Message, also for another author's message
+        return msg
+
+    async def _r_webhook_edit(
+        self, *, webhook_id: str, token: str, message_id: str, body: Any, **_: Any
+    ) -> web.Response:
+        webhook, refusal = self._webhook_auth(webhook_id, token)
+        if refusal is not None:
+            return refusal
+        msg = self._webhook_message(webhook, message_id)
+        if msg is None:
+            return _error(404, 10008)
+        return await self._apply_edit(msg, body)
+
+    async def _r_webhook_delete(
+        self, *, webhook_id: str, token: str, message_id: str, **_: Any
+    ) -> web.Response:
+        webhook, refusal = self._webhook_auth(webhook_id, token)
+        if refusal is not None:
+            return refusal
+        msg = self._webhook_message(webhook, message_id)
+        if msg is None:
+            return _error(404, 10008)
+        return await self._apply_delete(msg)
+
+    # messages
+
     async def _r_get_message(self, *, channel_id: str, message_id: str, **_: Any) -> web.Response:
         msg = self._find_message(int(channel_id), int(message_id))
         if msg is None:
@@ -1229,6 +1516,10 @@ class FakeDiscord:
             return _error(404, 10008)
         if msg["author"]["id"] != str(self.bot_id):
             return _error(403, 50005)
+        return await self._apply_edit(msg, body)
+
+    async def _apply_edit(self, msg: dict, body: Any) -> web.Response:
+        cid, mid = int(msg["channel_id"]), int(msg["id"])
         body = body if isinstance(body, dict) else {}
         for key in ("content", "embeds", "flags", "components"):
             if key in body and body[key] is not None:
@@ -1252,6 +1543,16 @@ class FakeDiscord:
         msg = self._find_message(cid, mid)
         if msg is None:
             return _error(404, 10008)
+        if (
+            self._is_guild_channel(cid)
+            and msg["author"]["id"] != str(self.bot_id)
+            and not self.bot_permissions(cid) & MANAGE_MESSAGES
+        ):
+            return _error(403, 50013)  # another author's message: Manage Messages
+        return await self._apply_delete(msg)
+
+    async def _apply_delete(self, msg: dict) -> web.Response:
+        cid, mid = int(msg["channel_id"]), int(msg["id"])
         msg["_deleted"] = True
         self.deleted.append((cid, mid))
         posted = self._posted(cid, mid)

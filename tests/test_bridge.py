@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import inspect
 import itertools
+import re
 import socket
 import sqlite3
 from contextlib import closing
@@ -24,7 +25,7 @@ import aiohttp
 import pytest
 import socketio
 from conftest import ID, TIMESTAMP, Api, db_file_bytes, msg
-from fake_discord import FakeDiscord
+from fake_discord import MANAGE_WEBHOOKS, FakeDiscord
 from test_storage import bad_plan_lines
 
 from bot import Timing, split_text
@@ -57,8 +58,10 @@ async def fake():
     yield f
     await f.close()
     for channel, posts in f.messages.items():  # SPEC 6: nothing the bridge posts pings anyone
-        for post in posts:
+        for post in posts:  # the bot's own posts and its webhooks', and every edit of them
             assert post.allowed_mentions == NO_MENTIONS, (channel, post)
+            for edit in post.edits:
+                assert edit["allowed_mentions"] == NO_MENTIONS, (channel, post)
 
 
 @pytest.fixture
@@ -280,6 +283,10 @@ def test_split_text_cuts_at_whitespace_where_possible():
     assert split_text("a" * 2000 + "   " + "b") == ["a" * 2000, "b"]
     assert split_text("**x**: " + " " * 3000 + "y") == ["**x**:", "y"]  # no blank post
     assert split_text("ab cd", limit=3) == ["ab", "cd"]
+    # `first`: room kept in the first part (for `**name**: `, which a webhook post leaves out)
+    assert split_text("ab cd ef", limit=5, first=2) == ["ab", "cd ef"]
+    assert split_text("abcdef", limit=4, first=2) == ["ab", "cdef"]
+    assert split_text("abc", limit=4, first=3) == ["abc"]
 
 
 # --- outbound: deletions ----------------------------------------------------------------
@@ -820,9 +827,18 @@ async def test_every_bridge_statement_is_served_by_an_index(client, api, fake, d
     body["message"] = "refused"
     assert (await api.post("senddcmsg", body))[0] == 502
     fake.clear_faults()
+    await grant_webhooks(fake, api, alice, BRIDGE)  # editmessage, webhooks: grow, shrink
+    ids.append(await api.public(alice, "through a webhook"))
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2)
+    for message_id in (ids[0], ids[-1]):
+        await edit(api, alice, message_id, " ".join(["long"] * 399))  # two posts
+    await fake.wait_for(lambda f: len(f.shown(BRIDGE)) == 4)
+    for message_id in (ids[0], ids[-1]):
+        await edit(api, alice, message_id, "short again")
+    await fake.wait_for(lambda f: len(f.shown(BRIDGE)) == 2 and len(f.deleted) == 2)
     for message_id in ids:
         await api.ok("deletemessage", {"token": alice, "message_id": message_id})
-    await fake.wait_for(lambda f: len(f.deleted) == 4)
+    await fake.wait_for(lambda f: len(f.deleted) == 7)
     await eventually(lambda: [r["message_id"] for r in outbox(db_path)] == [None])  # the reply
     for conn in (database.reader, database.writer):
         await conn.set_trace_callback(None)
@@ -844,3 +860,381 @@ async def test_without_the_message_content_intent_the_log_says_what_to_do(start,
     await eventually(lambda: "enable the Message Content intent" in caplog.text)
     assert await health(client) == "disconnected"
     assert len(fake.identifies) == 1  # not retried: only the bot's owner can fix this
+
+
+# --- editmessage: the Discord copies follow ---------------------------------------------
+
+
+def edits(fake, channel):
+    """The texts the bridge edited copies in a channel to, in order."""
+    return [body["content"] for cid, _, body in fake.edited if cid == channel]
+
+
+async def edit(api, token, message_id, text):
+    body = {"token": token, "message_id": message_id, "message": text}
+    assert await api.post("editmessage", body) == (200, {"message": "Message edited!"})
+
+
+async def test_editing_a_message_edits_its_discord_copies(api, fake, db_path, sock):
+    alice, bob = await users(api, "alice", "bob")
+    await api.channel(alice, "general", "bob")
+    a, b = await sock(alice), await sock(bob)
+    public_id = await api.public(alice, "public v1 @everyone")
+    channel_id = await api.send(bob, "general", "channel v1")
+    await fake.inject_dm(CAROL["id"], "carol", "hi bot")
+    dm = fake.dm_channel_id(CAROL["id"])
+    await fake.wait_for(lambda f: f.messages[dm])  # the bot's confirmation
+    body = {"token": alice, "channel": "carol", "message": "dm v1"}
+    dm_id = (await api.ok("senddcmsg", body))["id"]
+    await fake.wait_for(lambda f: f.messages[BRIDGE] and f.messages[GENERAL])
+    await edit(api, alice, public_id, "public v2 @here")
+    await edit(api, bob, channel_id, "channel v2")
+    await edit(api, alice, dm_id, "dm v2")
+    await fake.wait_for(lambda f: len(f.edited) == 3)
+    assert fake.shown(BRIDGE) == ["**alice**: public v2 @here"]
+    assert fake.shown(GENERAL) == ["**bob**: channel v2"]
+    assert fake.shown(dm)[1:] == ["**alice** via Button API: dm v2"]
+    assert sorted((cid, mid) for cid, mid, _ in fake.edited) == sorted(
+        [(BRIDGE, fake.messages[BRIDGE][0].id), (GENERAL, fake.messages[GENERAL][0].id),
+         (dm, fake.messages[dm][1].id)]
+    )  # fmt: skip
+    await eventually(lambda: {r["state"] for r in outbox(db_path)} == {"posted"})
+    assert all(row["content"] is None for row in outbox(db_path))  # no copy of the text kept
+    # message_edited: a `discord` message is read by its sender only
+    event = await a.next("message_edited", lambda data: data["id"] == dm_id)
+    assert event == msg(
+        dm_id, "discord", "alice", "dm v2", channel="carol", edited_timestamp=TIMESTAMP
+    )
+    await api.public(alice, "later")  # bob gets it after any message_edited sent before it
+    await b.next("new_public_message", lambda data: data["message"] == "later")
+    assert [data["id"] for data in b.named("message_edited")] == [public_id, channel_id]
+
+
+async def test_an_edit_never_waits_for_discord(api, fake):
+    (alice,) = await users(api, "alice")
+    message_id = await api.public(alice, "v1")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    fake.fail(BRIDGE, hang=True, method="PATCH")
+    await edit(api, alice, message_id, "v2")  # answered while Discord hangs
+    await fake.wait_for(lambda f: f.attempt_times(BRIDGE, "PATCH"))
+    assert fake.edited == []
+    fake.clear_faults()
+    await fake.wait_for(lambda f: f.shown(BRIDGE) == ["**alice**: v2"])
+
+
+async def test_a_failed_edit_is_retried_with_backoff_in_order(api, fake):
+    (alice,) = await users(api, "alice")
+    first = await api.public(alice, "first")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    fake.fail(BRIDGE, 503, method="PATCH", times=2)
+    await edit(api, alice, first, "first, edited")
+    await api.public(alice, "second")  # queued behind the edit: same destination, in order
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2)
+    assert fake.shown(BRIDGE) == ["**alice**: first, edited", "**alice**: second"]
+    times = fake.attempt_times(BRIDGE, "PATCH")
+    assert [a.status for a in fake.attempts if a.method == "PATCH"] == [503, 503, 200]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap >= backoff for gap, backoff in zip(gaps, FAST.backoff, strict=False))
+
+
+async def test_split_copies_are_edited_part_by_part_grown_and_shrunk(api, fake, db_path):
+    (alice,) = await users(api, "alice")
+    message_id = await api.public(alice, "short")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    (first,) = (post.id for post in fake.messages[BRIDGE])
+
+    grown = " ".join(f"w{i:03d}" for i in range(400))  # 1999 characters: two posts
+    await edit(api, alice, message_id, grown)
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2 and f.edited)
+    shown = fake.shown(BRIDGE)
+    assert " ".join(shown) == f"**alice**: {grown}" and all(len(p) <= 2000 for p in shown)
+    assert [(cid, mid) for cid, mid, _ in fake.edited] == [(BRIDGE, first)]  # then a new post
+    second = fake.messages[BRIDGE][1].id
+
+    await edit(api, alice, message_id, "short now")
+    await fake.wait_for(lambda f: len(f.deleted) == 1 and len(f.edited) == 2)
+    assert fake.shown(BRIDGE) == ["**alice**: short now"]
+    assert fake.deleted == [(BRIDGE, second)]
+    await eventually(lambda: [r["state"] for r in outbox(db_path)] == ["posted"])
+
+    await api.ok("deletemessage", {"token": alice, "message_id": message_id})
+    await fake.wait_for(lambda f: len(f.deleted) == 2)
+    assert fake.shown(BRIDGE) == []
+
+
+async def test_an_edit_of_a_queued_post_changes_what_is_posted(api, fake, db_path):
+    (alice,) = await users(api, "alice")
+    fake.fail(BRIDGE, 503)
+    message_id = await api.public(alice, "typo v1")
+    await fake.wait_for(lambda f: len(statuses(f, BRIDGE)) >= 2)
+    await edit(api, alice, message_id, "fixed v2")
+    (row,) = outbox(db_path)
+    assert (row["state"], row["content"]) == ("post", "**alice**: fixed v2")
+    fake.clear_faults()
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    assert fake.contents(BRIDGE) == ["**alice**: fixed v2"]
+    assert fake.edited == []  # posted once, with the new text
+
+
+async def test_an_edit_while_the_post_is_in_flight_edits_the_new_copy(start, fake, db_path):
+    client = await start(dataclasses.replace(FAST, attempt_timeout=WAIT))
+    await until_health(client, "connected")
+    api = Api(client)
+    (alice,) = await users(api, "alice")
+    fake.fail(BRIDGE, hang=True, method="POST")
+    message_id = await api.public(alice, "in flight v1")
+    await fake.wait_for(lambda f: statuses(f, BRIDGE))
+    await edit(api, alice, message_id, "in flight v2")
+    fake.clear_faults()  # Discord accepts the hung post with the old text...
+    await fake.wait_for(lambda f: f.edited)  # ...and the bridge edits it at once
+    assert fake.contents(BRIDGE) == ["**alice**: in flight v1"]
+    assert fake.shown(BRIDGE) == ["**alice**: in flight v2"]
+    await eventually(lambda: [r["state"] for r in outbox(db_path)] == ["posted"])
+
+
+async def test_an_edit_discord_refuses_leaves_the_copy_deletable(api, fake, db_path):
+    (alice,) = await users(api, "alice")
+    message_id = await api.public(alice, "v1")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    fake.fail(BRIDGE, 403, code=50001, method="PATCH")  # missing access: for good
+    await edit(api, alice, message_id, "v2")
+    await fake.wait_for(lambda f: f.attempt_times(BRIDGE, "PATCH"))
+    await eventually(lambda: outbox(db_path)[0]["state"] == "posted")
+    assert len(fake.attempt_times(BRIDGE, "PATCH")) == 1  # never retried
+    assert "Missing Access" in outbox(db_path)[0]["last_error"]
+    fake.clear_faults()
+    await api.ok("deletemessage", {"token": alice, "message_id": message_id})
+    await fake.wait_for(lambda f: f.deleted == [(BRIDGE, f.messages[BRIDGE][0].id)])
+
+
+async def test_a_message_written_on_discord_cannot_be_edited(api, fake, db_path):
+    (alice,) = await users(api, "alice")
+    await fake.inject_message(BRIDGE, "mine, on Discord", author=CAROL)
+    await inbound_barrier(fake, api, alice)
+    written = (await public_feed(api, alice))[0]
+    before = rows(db_path, "SELECT * FROM messages")
+    body = {"token": alice, "message_id": written["id"], "message": "hijacked"}
+    assert await api.post("editmessage", body) == (
+        403,
+        {"message": "You can only edit your messages!"},
+    )
+    assert rows(db_path, "SELECT * FROM messages") == before
+
+
+# --- display names through webhooks (Manage Webhooks) ----------------------------------
+
+
+async def grant_webhooks(fake, api, token, *channels):
+    """Give the bot Manage Webhooks in channels; once a later Discord message is stored, the
+    bot's guild cache has the change (gateway events are applied in order)."""
+    for channel in channels:
+        await fake.allow_webhooks(channel)
+    await inbound_barrier(fake, api, token, f"barrier {len(fake.dispatched)}")
+
+
+def webhook_posts(fake, channel):
+    return [(p.username, p.content) for p in fake.messages[channel] if p.webhook_id is not None]
+
+
+def calls(fake, method, pattern):
+    return [c for c in fake.calls if c[0] == method and re.fullmatch(pattern, c[1])]
+
+
+async def test_with_manage_webhooks_posts_show_the_username_as_display_name(api, fake, db_path):
+    alice, bob = await users(api, "alice", "Bob")
+    await api.channel(alice, "general", "Bob")
+    await grant_webhooks(fake, api, alice, BRIDGE, GENERAL)
+    await api.public(alice, "hello @everyone <@500000000000000003>")
+    await api.send(bob, "general", "hi team")
+    await api.send(alice, "general", "second one")
+    body = {"token": bob, "channel": "general", "message": "via senddcmsg"}
+    assert (await api.post("senddcmsg", body))[0] == 200
+    await fake.wait_for(lambda f: len(f.messages[GENERAL]) == 3 and f.messages[BRIDGE])
+    assert webhook_posts(fake, BRIDGE) == [("alice", "hello @everyone <@500000000000000003>")]
+    assert webhook_posts(fake, GENERAL) == [
+        ("Bob", "hi team"),
+        ("alice", "second one"),
+        ("Bob", "via senddcmsg"),
+    ]
+    # One webhook per channel, made by the bot once and remembered.
+    assert sorted((w["channel_id"], w["name"]) for w in fake.webhooks.values()) == [
+        (str(BRIDGE), "Button API"),
+        (str(GENERAL), "Button API"),
+    ]
+    assert len(calls(fake, "POST", r"/channels/\d+/webhooks")) == 2
+    assert len(calls(fake, "GET", r"/channels/\d+/webhooks")) == 2
+    ids = {r["webhook_id"] for r in outbox(db_path)}
+    assert ids == {int(w) for w in fake.webhooks}
+    # Discord sends webhook posts back over the gateway: never taken in.
+    await fake.wait_for(
+        lambda f: sum(e == "MESSAGE_CREATE" and "webhook_id" in d for e, d in f.dispatched) == 4
+    )
+    await inbound_barrier(fake, api, alice, "after the echoes")
+    texts = [r["message"] for r in rows(db_path, "SELECT message FROM messages ORDER BY id")]
+    assert [text for text in texts if not text.startswith("barrier")] == [
+        "hello @everyone <@500000000000000003>",
+        "hi team",
+        "second one",
+        "via senddcmsg",
+        "after the echoes",
+    ]
+
+
+async def test_without_manage_webhooks_the_bot_posts_name_and_text(api, fake):
+    alice, bob = await users(api, "alice", "bob")
+    await api.channel(alice, "general", "bob")
+    await grant_webhooks(fake, api, alice, BRIDGE)  # the bridge channel only
+    await api.send(bob, "general", "plain")
+    await api.public(alice, "named")
+    await fake.wait_for(lambda f: f.messages[GENERAL] and f.messages[BRIDGE])
+    assert fake.contents(GENERAL) == ["**bob**: plain"]
+    assert webhook_posts(fake, GENERAL) == []
+    assert webhook_posts(fake, BRIDGE) == [("alice", "named")]
+    assert calls(fake, "GET", rf"/channels/{GENERAL}/webhooks") == []  # never even asked
+
+    await fake.allow_webhooks(BRIDGE, False)  # taken away: the cached webhook is not used
+    await inbound_barrier(fake, api, alice, "barrier 2")
+    await api.public(alice, "named again")
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2)
+    assert fake.contents(BRIDGE)[1] == "**alice**: named again"
+
+
+async def test_a_role_grant_and_a_channel_deny_are_both_honoured(start, fake):
+    fake.bot_role_permissions = MANAGE_WEBHOOKS  # the bot's role, guild-wide
+    await fake.allow_webhooks(GENERAL, False)  # denied in one channel
+    client = await start()
+    await until_health(client, "connected")
+    api = Api(client)
+    (alice,) = await users(api, "alice")
+    await api.channel(alice, "general")
+    await api.public(alice, "through the webhook")
+    await api.send(alice, "general", "through the bot")
+    await fake.wait_for(lambda f: f.messages[BRIDGE] and f.messages[GENERAL])
+    assert webhook_posts(fake, BRIDGE) == [("alice", "through the webhook")]
+    assert fake.contents(GENERAL) == ["**alice**: through the bot"]
+
+
+async def test_the_bot_reuses_a_webhook_it_owns_and_ignores_others(api, fake):
+    (alice,) = await users(api, "alice")
+    fake.add_webhook(BRIDGE, "Admin's hook")  # listed without its token: not usable
+    mine = fake.add_webhook(BRIDGE, "Button API", by_bot=True)  # made by an earlier run
+    await grant_webhooks(fake, api, alice, BRIDGE)
+    await api.public(alice, "hi")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    (post,) = fake.messages[BRIDGE]
+    assert (post.webhook_id, post.username) == (int(mine["id"]), "alice")
+    assert calls(fake, "POST", r"/channels/\d+/webhooks") == []
+    assert len(fake.webhooks) == 2
+
+
+async def test_webhook_posts_are_edited_and_deleted_through_the_webhook(api, fake, db_path):
+    (alice,) = await users(api, "alice")
+    await grant_webhooks(fake, api, alice, BRIDGE)
+    words = [f"w{i:03d}" for i in range(400)]
+    # 1994 characters: two posts (cut where `**alice**: text` would be cut, so that the
+    # bot can post the same parts if it has to)
+    message_id = await api.public(alice, " ".join(words[:399]))
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2)
+    assert " ".join(fake.shown(BRIDGE)) == " ".join(words[:399])  # no `**alice**: ` anywhere
+    (hook,) = fake.webhooks
+    prefix = rf"/webhooks/{hook}/[^/]+/messages/\d+"
+
+    await edit(api, alice, message_id, " ".join(words))  # 1999 characters: still two
+    await fake.wait_for(lambda f: len(f.edited) == 2)
+    assert " ".join(fake.shown(BRIDGE)) == " ".join(words)
+    assert len(calls(fake, "PATCH", prefix)) == 2
+    assert calls(fake, "PATCH", r"/channels/.*") == []
+
+    await edit(api, alice, message_id, "short")
+    await fake.wait_for(lambda f: len(f.deleted) == 1 and len(f.edited) == 3)
+    assert fake.shown(BRIDGE) == ["short"]
+    await api.ok("deletemessage", {"token": alice, "message_id": message_id})
+    await fake.wait_for(lambda f: len(f.deleted) == 2)
+    assert fake.shown(BRIDGE) == []
+    assert len(calls(fake, "DELETE", prefix)) == 2
+    assert calls(fake, "DELETE", r"/channels/.*") == []
+    await eventually(lambda: outbox(db_path) == [])
+
+
+async def test_names_discord_refuses_for_webhooks_are_posted_by_the_bot(api, fake):
+    alice, bob = await users(api, "DiscordFan", "bob")
+    await grant_webhooks(fake, api, alice, BRIDGE)
+    await api.public(alice, "my name has discord in it")  # Discord's rules: not as a webhook
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    fake.fail(BRIDGE, 400, code=50035, path=r"^/webhooks/", times=1)  # a rule we do not know
+    await api.public(bob, "refused once")
+    await api.public(bob, "fine again")
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 3)
+    assert [(p.username, p.content) for p in fake.messages[BRIDGE]] == [
+        (None, "**DiscordFan**: my name has discord in it"),
+        (None, "**bob**: refused once"),
+        ("bob", "fine again"),
+    ]
+    assert len(calls(fake, "POST", r"/webhooks/.*")) == 2  # DiscordFan's was never tried
+
+
+async def test_a_deleted_webhook_is_replaced_and_its_copies_stay_known(api, fake, db_path):
+    (alice,) = await users(api, "alice")
+    await grant_webhooks(fake, api, alice, BRIDGE)
+    first = await api.public(alice, "one")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    (old,) = fake.webhooks
+    fake.delete_webhook(old)  # an admin deletes it (its messages stay)
+    await api.public(alice, "two")
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2)
+    (new,) = fake.webhooks
+    assert new != old
+    assert [(p.webhook_id, p.username, p.content) for p in fake.messages[BRIDGE]] == [
+        (old, "alice", "one"),
+        (new, "alice", "two"),
+    ]
+    await edit(api, alice, first, "one, edited")  # only the deleted webhook could edit it
+    await eventually(lambda: outbox(db_path)[0]["last_error"])
+    assert outbox(db_path)[0]["state"] == "posted" and fake.edited == []
+
+
+async def test_after_a_restart_the_webhook_is_found_again(start, fake, db_path):
+    client = await start()
+    await until_health(client, "connected")
+    api = Api(client)
+    (alice,) = await users(api, "alice")
+    await grant_webhooks(fake, api, alice, BRIDGE)
+    message_id = await api.public(alice, "before the restart")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    await client.close()
+
+    client = await start()
+    await until_health(client, "connected")
+    api = Api(client)
+    await edit(api, alice, message_id, "edited after the restart")
+    await api.public(alice, "posted after the restart")
+    await fake.wait_for(lambda f: len(f.messages[BRIDGE]) == 2 and f.edited)
+    assert fake.shown(BRIDGE) == ["edited after the restart", "posted after the restart"]
+    assert len(fake.webhooks) == 1  # found by listing, not made again
+    assert len(calls(fake, "POST", r"/channels/\d+/webhooks")) == 1
+
+
+async def test_dms_never_use_webhooks(start, fake):
+    fake.bot_role_permissions = MANAGE_WEBHOOKS
+    client = await start()
+    await until_health(client, "connected")
+    api = Api(client)
+    (alice,) = await users(api, "alice")
+    await fake.inject_dm(CAROL["id"], "carol", "hi bot")
+    dm = fake.dm_channel_id(CAROL["id"])
+    await fake.wait_for(lambda f: f.messages[dm])
+    body = {"token": alice, "channel": "carol", "message": "a DM"}
+    assert (await api.post("senddcmsg", body))[0] == 200
+    assert fake.contents(dm)[1] == "**alice** via Button API: a DM"
+    assert fake.webhooks == {} and calls(fake, "POST", r"/webhooks/.*") == []
+
+
+async def test_a_webhook_429_is_waited_out(api, fake):
+    (alice,) = await users(api, "alice")
+    await grant_webhooks(fake, api, alice, BRIDGE)
+    fake.fail(BRIDGE, 429, retry_after=0.3, times=1, path=r"^/webhooks/")
+    await api.public(alice, "patience")
+    await fake.wait_for(lambda f: f.messages[BRIDGE])
+    first, second = fake.attempt_times(BRIDGE)[-2:]
+    assert second - first >= 0.3
+    assert webhook_posts(fake, BRIDGE) == [("alice", "patience")]

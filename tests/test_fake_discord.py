@@ -11,7 +11,10 @@ import warnings
 
 import pytest
 import yarl
-from fake_discord import FakeDiscord  # tests/ is on sys.path (no __init__.py), like conftest
+from fake_discord import (  # tests/ is on sys.path (no __init__.py), like conftest
+    MANAGE_WEBHOOKS,
+    FakeDiscord,
+)
 
 with warnings.catch_warnings():
     # discord/player.py imports the stdlib audioop module, deprecated in 3.11;
@@ -333,3 +336,101 @@ async def test_enforce_nonce_returns_the_earlier_message(bot, fake):
     other = await channel.send("twice", nonce="n-2")
     assert other.id != first.id
     assert fake.contents(BRIDGE) == ["once", "twice"]
+
+
+# --- permissions and webhooks -------------------------------------------------------------
+
+
+async def _gateway_barrier(bot, fake):
+    """An injected message the client has received: every earlier event was applied."""
+    await fake.inject_message(BRIDGE, "barrier", author=ALICE)
+    while (await bot.next_message()).content != "barrier":
+        pass
+
+
+async def test_discord_py_computes_manage_webhooks_from_roles_and_overwrites(pointed, fake):
+    fake.bot_role_permissions = MANAGE_WEBHOOKS  # the bot's role has it guild-wide...
+    await fake.allow_webhooks(GENERAL, False)  # ...but one channel denies it
+    client = Bot()
+    task = asyncio.create_task(client.start(fake.token))
+    try:
+        await asyncio.wait_for(client.ready_event.wait(), WAIT)
+        guild = client.get_guild(GUILD_ID)
+        assert [role.name for role in guild.me.roles] == ["@everyone", "FakeBridgeBot"]
+        assert client.get_channel(BRIDGE).permissions_for(guild.me).manage_webhooks
+        assert not client.get_channel(GENERAL).permissions_for(guild.me).manage_webhooks
+        await fake.allow_webhooks(GENERAL, None)  # the overwrite goes: the role counts again
+        await _gateway_barrier(client, fake)
+        assert client.get_channel(GENERAL).permissions_for(guild.me).manage_webhooks
+        assert fake.bot_permissions(GENERAL) & MANAGE_WEBHOOKS
+    finally:
+        await client.close()
+        await asyncio.wait_for(task, WAIT)
+
+
+async def test_allow_webhooks_reaches_a_connected_client(bot, fake):
+    channel = bot.get_channel(GENERAL)
+    assert not channel.permissions_for(channel.guild.me).manage_webhooks
+    with pytest.raises(discord.Forbidden) as info:
+        await channel.webhooks()
+    assert info.value.code == 50013
+    await fake.allow_webhooks(GENERAL)
+    await _gateway_barrier(bot, fake)
+    assert channel.permissions_for(channel.guild.me).manage_webhooks
+    assert not bot.get_channel(BRIDGE).permissions_for(channel.guild.me).manage_webhooks
+    assert await channel.webhooks() == []
+
+
+async def test_webhooks_list_create_execute_edit_delete(bot, fake):
+    await fake.allow_webhooks(GENERAL)
+    await _gateway_barrier(bot, fake)
+    channel = bot.get_channel(GENERAL)
+    admins = fake.add_webhook(GENERAL, "Admin's")
+    with pytest.raises(discord.HTTPException) as info:
+        await channel.create_webhook(name="my discord hook")
+    assert (info.value.status, info.value.code) == (400, 50035)
+    created = await channel.create_webhook(name="Bridge")
+    listed = {w.id: w for w in await channel.webhooks()}
+    assert listed[int(admins["id"])].token is None  # not the bot's: no token
+    assert listed[created.id].token == created.token and created.user.id == fake.bot_id
+
+    sent = await created.send(
+        "hi <@500000000000000001>",
+        username="alice",
+        wait=True,
+        allowed_mentions=discord.AllowedMentions.none(),
+    )
+    assert (sent.author.name, sent.webhook_id) == ("alice", created.id)
+    assert sent.content == "hi <@500000000000000001>"
+    (posted,) = fake.messages[GENERAL]
+    assert (posted.webhook_id, posted.username, posted.allowed_mentions) == (
+        created.id,
+        "alice",
+        {"parse": []},
+    )
+    echo = await bot.next_message()  # Discord sends webhook posts over the gateway too
+    assert echo.webhook_id == created.id and echo.author.bot
+    with pytest.raises(discord.HTTPException) as info:
+        await created.send("x", username="Clyde", wait=True)
+    assert info.value.code == 50035
+    assert await created.send("no wait") is None  # 204 without ?wait
+
+    await created.edit_message(sent.id, content="changed")
+    assert fake.edited[-1][:2] == (GENERAL, sent.id)
+    assert [edit["content"] for edit in posted.edits] == ["changed"]
+    assert fake.shown(GENERAL) == ["changed", "no wait"]
+    with pytest.raises(discord.HTTPException) as info:  # a webhook message is not the bot's
+        await channel.get_partial_message(sent.id).edit(content="by the bot")
+    assert info.value.code == 50005
+    with pytest.raises(discord.Forbidden):  # deleting another author's: Manage Messages
+        await channel.get_partial_message(sent.id).delete()
+    await created.delete_message(sent.id)
+    assert fake.deleted == [(GENERAL, sent.id)] and posted.deleted
+    with pytest.raises(discord.NotFound) as info:
+        await created.delete_message(sent.id)
+    assert info.value.code == 10008
+
+    fake.delete_webhook(created.id)
+    with pytest.raises(discord.NotFound) as info:
+        await created.send("gone", wait=True)
+    assert info.value.code == 10015

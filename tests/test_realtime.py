@@ -231,6 +231,7 @@ async def test_new_public_message_goes_to_every_authenticated_socket(api, sock):
         "recipient": None,
         "timestamp": TIMESTAMP,
         "source": "api",
+        "edited_timestamp": None,
     }
     assert await a.next("new_public_message") == ("new_public_message", expected)
     assert await b.next("new_public_message") == ("new_public_message", expected)

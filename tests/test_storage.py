@@ -61,6 +61,9 @@ async def walk_every_endpoint(api):
     await api.ok("addusertochannel", {"token": alice, "name": "general", "username": "bob"})
     await api.ok("leavechannel", {"token": bob, "name": "general"})
     for message_id in (public_id, channel_msg, dm_id):
+        await api.ok("editmessage", {"token": alice, "message_id": message_id, "message": "v2"})
+    await api.post("editmessage", {"token": bob, "message_id": dm_id, "message": "not mine"})
+    for message_id in (public_id, channel_msg, dm_id):
         await api.ok("deletemessage", {"token": alice, "message_id": message_id})
     await api.ok("changepassword", {**creds, "new_password": "N3w!Passw0rd"})
     await api.ok("revoketoken", {"token": carol})
