@@ -85,14 +85,6 @@ class Timing:
         return self.backoff[min(max(attempts, 1), len(self.backoff)) - 1]
 
 
-def ascii_lower(text: str) -> str:
-    """Lower-case ASCII letters only: names compare like SQLite's NOCASE."""
-    return text.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
 def split_text(text: str, limit: int = MAX_POST, first: int | None = None) -> list[str]:
     """Posts of at most `limit` characters (the first at most `first`), cut at whitespace
     where possible.
@@ -401,9 +393,9 @@ class Bridge:
         """The Discord text channel bridged to the Button API channel `name`, if any.
 
         Same name, ASCII letters case-insensitive; never the bridge channel."""
-        key = ascii_lower(name)
+        key = db.ascii_lower(name)
         for channel_id, channel_name in self._text_channels() or ():
-            if channel_id != self.channel_id and ascii_lower(channel_name) == key:
+            if channel_id != self.channel_id and db.ascii_lower(channel_name) == key:
                 return channel_id
         return None
 

@@ -359,14 +359,6 @@ def client_address(request: web.Request) -> str:
     return peer
 
 
-def ascii_lower(text: str) -> str:
-    """Lower-case ASCII letters only, as usernames and channel names compare (SQLite NOCASE)."""
-    return text.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
 def _has_control_or_space(text: str) -> bool:
     return any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
@@ -511,7 +503,7 @@ class Limits:
         for them (a burst of correct logins is slowed, not refused). A success gives its own
         count back and touches nobody else's.
         """
-        limits = ((self.login_user, ascii_lower(username)), (self.login_addr, address))
+        limits = ((self.login_user, db.ascii_lower(username)), (self.login_addr, address))
         while wait := max(limit.wait(key) for limit, key in limits):
             if not any(limit.pending(key) for limit, key in limits):
                 raise too_many(TOO_MANY_ATTEMPTS, wait)
@@ -865,7 +857,7 @@ async def register(request: web.Request, body: dict[str, Any]) -> web.Response:
     check_password(password)
     check_username(username)
     database = request.app[db_key]
-    if ascii_lower(username) != db.DELETED and await db.user_by_name(database, username) is None:
+    if db.ascii_lower(username) != db.DELETED and await db.user_by_name(database, username) is None:
         hashed = await request.app[hasher_key].hash(password)
         if await db.create_user(database, username, hashed):
             return ok("User registered successfully!", 201)

@@ -59,6 +59,14 @@ Row = dict[str, Any]
 WriteStep = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 
+def ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only: names compare like SQLite's NOCASE (`Ω` is not `ω`)."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def now() -> str:
     """Server time, UTC, ISO 8601 with milliseconds and Z."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
