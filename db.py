@@ -1,12 +1,14 @@
 """Every SQL statement of Button API V3, as plain async functions.
 
-Reads go through a read connection. Every write goes through one gate, `Database.write`:
-a single writer task takes every write that is waiting, runs them in one `BEGIN IMMEDIATE`
-transaction and resolves their futures only after `COMMIT` (group commit: concurrent
-requests share one fsync, and success is never reported before the data is durable).
-Write steps never raise for expected conflicts (they use `ON CONFLICT DO NOTHING` and
-report it); if one fails unexpectedly, the batch is rolled back and each step is retried
-in a transaction of its own, so one bad step cannot fail its neighbours.
+Reads go through a read connection (aiosqlite). Every write goes through one gate,
+`Database.write`: a single writer task takes every write that is waiting and runs them, on
+the writer's own thread in one trip, in one `BEGIN IMMEDIATE` transaction; it resolves their
+futures only after `COMMIT` (group commit: concurrent requests share one trip and one fsync,
+and success is never reported before the data is durable). A write is a plain function
+`step(conn)` of a `sqlite3.Connection`. Steps never raise for expected conflicts (they use
+`ON CONFLICT DO NOTHING` and report it); if one fails unexpectedly, the batch is rolled back
+and each step is retried in a transaction of its own, so one bad step cannot fail its
+neighbours.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,7 +59,7 @@ MIGRATIONS: dict[int, tuple[str, str]] = {
 }
 
 Row = dict[str, Any]
-WriteStep = Callable[[aiosqlite.Connection], Awaitable[Any]]
+WriteStep = Callable[[sqlite3.Connection], Any]
 
 
 def ascii_lower(text: str) -> str:
@@ -76,22 +79,37 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> Row:
     return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
 
 
-async def _connect(path: str, *, readonly: bool = False) -> aiosqlite.Connection:
-    # isolation_level=None: no implicit transactions; the write gate says BEGIN and COMMIT.
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+async def _connect_reader(path: str) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit transactions (each read is its own snapshot).
+    uri = f"file:{path}?mode=ro"
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = _dict_row
     await conn.execute("PRAGMA busy_timeout = 5000")
-    await conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _connect_writer(path: str) -> sqlite3.Connection:
+    """The write connection (run on the writer's thread, which alone uses it afterwards)."""
+    # isolation_level=None: no implicit transactions; the write gate says BEGIN and COMMIT.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = _dict_row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten
     return conn
 
 
 class Database:
-    """The write connection behind the write gate, and the read connection."""
+    """The write connection behind the write gate (on its own thread), and the read one."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: sqlite3.Connection, thread: ThreadPoolExecutor, reader: aiosqlite.Connection
+    ) -> None:
         self.writer = writer
         self.reader = reader
+        self._thread = thread  # the writer's one thread
         self._pending: list[tuple[WriteStep, asyncio.Future, bool]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -140,6 +158,14 @@ class Database:
     async def fetch_all(self, sql: str, params: tuple = ()) -> list[Row]:
         return list(await self.reader.execute_fetchall(sql, params))
 
+    async def trace(self, callback: Callable[[str], object] | None) -> None:
+        """SQLite's trace hook on both connections: every statement run, with its values."""
+        await self.reader.set_trace_callback(callback)
+        await self._on_writer(self.writer.set_trace_callback, callback)
+
+    async def _on_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
     async def _write_loop(self) -> None:
         try:
             while self._pending or not self._closing:
@@ -154,8 +180,10 @@ class Database:
                     future.set_exception(RuntimeError("database writer stopped"))
 
     async def _commit_batch(self, batch: list[tuple[WriteStep, asyncio.Future, bool]]) -> None:
+        steps = [step for step, _, _ in batch]
+        scrub = any(scrub for _, _, scrub in batch)
         try:
-            results = await self._transaction([step for step, _, _ in batch])
+            results = await self._on_writer(self._transaction, steps, scrub)
         except Exception as exc:
             if len(batch) == 1:
                 if not batch[0][1].done():
@@ -165,37 +193,37 @@ class Database:
             for item in batch:
                 await self._commit_batch([item])
             return
-        if any(scrub for _, _, scrub in batch):
-            await self._checkpoint()
-        for (_, future, _), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    async def _checkpoint(self) -> None:
-        try:
-            async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
-                busy, _, _ = (await cursor.fetchone()).values()
-            if busy:
-                log.warning("WAL checkpoint after a deletion was blocked by a reader")
-        except sqlite3.Error:  # committed already: report the write, log the checkpoint
-            log.exception("WAL checkpoint after a deletion failed")
-
-    async def _transaction(self, steps: list[WriteStep]) -> list[Any]:
-        conn = self.writer
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            results = [await step(conn) for step in steps]
-            await conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            raise
         finally:
             if self._users_changed:  # before any caller of the batch hears back
                 self._users_changed = False
                 self.tokens.clear()
                 self.tokens_epoch += 1
+        for (_, future, _), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _transaction(self, steps: list[WriteStep], scrub: bool) -> list[Any]:
+        """On the writer's thread: the steps in one transaction, then (scrub) a checkpoint."""
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [step(conn) for step in steps]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if scrub:
+            self._checkpoint()
         return results
+
+    def _checkpoint(self) -> None:
+        try:
+            busy, _, _ = self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone().values()
+            if busy:
+                log.warning("WAL checkpoint after a deletion was blocked by a reader")
+        except sqlite3.Error:  # committed already: report the write, log the checkpoint
+            log.exception("WAL checkpoint after a deletion failed")
 
 
 def _create_private_file(path: str) -> None:
@@ -203,11 +231,10 @@ def _create_private_file(path: str) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
 
 
-async def _apply_schema(conn: aiosqlite.Connection, schema: str) -> None:
+def _apply_schema(conn: sqlite3.Connection, schema: str) -> None:
     """Create what is missing; migrate a file of an older version (PRAGMA user_version; 0 is
     a new file). One transaction: a crash leaves the file as it was or fully migrated."""
-    async with conn.execute("PRAGMA user_version") as cursor:
-        (version,) = (await cursor.fetchone()).values()
+    (version,) = conn.execute("PRAGMA user_version").fetchone().values()
     if version > SCHEMA_VERSION:
         raise RuntimeError(f"the database is of schema version {version}, newer than this server")
     steps = [MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)] if version else []
@@ -224,41 +251,54 @@ async def _apply_schema(conn: aiosqlite.Connection, schema: str) -> None:
     if steps:
         log.info("migrating the database from schema version %d to %d", version, SCHEMA_VERSION)
     try:
-        await conn.executescript(script)
+        conn.executescript(script)
     except BaseException:
         if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
         raise
+
+
+def _prepare_writer(path: str, users_changed: Callable[[], None]) -> sqlite3.Connection:
+    """On the writer's thread: the file, its schema, and the triggers of the token cache."""
+    _create_private_file(path)
+    conn = _connect_writer(path)
+    try:
+        _apply_schema(conn, SCHEMA_PATH.read_text("utf-8"))
+        conn.create_function("users_changed", 0, users_changed)
+        for event in ("UPDATE", "DELETE"):  # TEMP: this connection's own, made at each start
+            conn.execute(
+                f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
+                " BEGIN SELECT users_changed(); END"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 @contextlib.asynccontextmanager
 async def open_database(path: str) -> AsyncIterator[Database]:
     """Create the file and schema if needed; yield a running Database; close it cleanly."""
-    await asyncio.to_thread(_create_private_file, path)
-    writer = await _connect(path)
-    reader = None
-    try:
-        await writer.execute("PRAGMA journal_mode = WAL")
-        await writer.execute("PRAGMA synchronous = FULL")
-        await writer.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten
-        await _apply_schema(writer, await asyncio.to_thread(SCHEMA_PATH.read_text, "utf-8"))
-        reader = await _connect(path, readonly=True)
-        db = Database(writer, reader)
-        await writer.create_function("users_changed", 0, db.users_changed)
-        for event in ("UPDATE", "DELETE"):  # TEMP: this connection's own, made at each start
-            await writer.execute(
-                f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
-                " BEGIN SELECT users_changed(); END"
-            )
-        db.start()
+    loop = asyncio.get_running_loop()
+    changed: list[Database] = []  # the triggers' callback reaches the Database made below
+    with ThreadPoolExecutor(1, "buttonapi-writer") as thread:
+        writer = await loop.run_in_executor(
+            thread, _prepare_writer, path, lambda: changed[0].users_changed()
+        )
+        reader = None
         try:
-            yield db
+            reader = await _connect_reader(path)
+            db = Database(writer, thread, reader)
+            changed.append(db)
+            db.start()
+            try:
+                yield db
+            finally:
+                await db.stop()
         finally:
-            await db.stop()
-    finally:
-        if reader is not None:
-            await reader.close()
-        await writer.close()
+            if reader is not None:
+                await reader.close()
+            await loop.run_in_executor(thread, writer.close)
 
 
 # --- users and tokens -------------------------------------------------------------------
@@ -286,8 +326,8 @@ async def user_by_token(db: Database, token: str) -> Row | None:
 async def create_user(db: Database, username: str, password_hash: str) -> bool:
     """Insert a user; False if the name is taken (case-insensitively)."""
 
-    async def step(conn: aiosqlite.Connection) -> bool:
-        cursor = await conn.execute(
+    def step(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
             "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             (username, password_hash, now()),
@@ -300,10 +340,9 @@ async def create_user(db: Database, username: str, password_hash: str) -> bool:
 async def replace_token(db: Database, user_id: int, token: str) -> str | None:
     """Give the user a new token; return the old one (None if there was none)."""
 
-    async def step(conn: aiosqlite.Connection) -> str | None:
-        async with conn.execute("SELECT token FROM users WHERE id = ?", (user_id,)) as cursor:
-            row = await cursor.fetchone()
-        await conn.execute("UPDATE users SET token = ? WHERE id = ?", (token, user_id))
+    def step(conn: sqlite3.Connection) -> str | None:
+        row = conn.execute("SELECT token FROM users WHERE id = ?", (user_id,)).fetchone()
+        conn.execute("UPDATE users SET token = ? WHERE id = ?", (token, user_id))
         return row["token"] if row else None
 
     return await db.write(step)
@@ -312,8 +351,8 @@ async def replace_token(db: Database, user_id: int, token: str) -> str | None:
 async def set_password(db: Database, user_id: int, password_hash: str, token: str) -> None:
     """A new password hash and a new token, together (changepassword)."""
 
-    async def step(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "UPDATE users SET password_hash = ?, token = ? WHERE id = ?",
             (password_hash, token, user_id),
         )
@@ -324,11 +363,11 @@ async def set_password(db: Database, user_id: int, password_hash: str, token: st
 async def revoke_token(db: Database, token: str) -> int | None:
     """Remove a token; the id of the user who had it, or None if no one had it."""
 
-    async def step(conn: aiosqlite.Connection) -> int | None:
-        async with conn.execute(
-            "UPDATE users SET token = NULL WHERE token = ? RETURNING id", (token,)
+    def step(conn: sqlite3.Connection) -> int | None:
+        with contextlib.closing(
+            conn.execute("UPDATE users SET token = NULL WHERE token = ? RETURNING id", (token,))
         ) as cursor:
-            row = await cursor.fetchone()
+            row = cursor.fetchone()
         return row["id"] if row else None
 
     return await db.write(step)
@@ -344,25 +383,26 @@ async def delete_account(db: Database, user_id: int) -> list[Row]:
     side's history as sender and text `[deleted]`, those it received show recipient
     `[deleted]`. Returns the deleted messages (with the ids that say who could read them)."""
 
-    async def step(conn: aiosqlite.Connection) -> list[Row]:
-        async with conn.execute(
-            "SELECT id, kind, channel, sender_id, channel_id, recipient_id FROM messages"
-            " WHERE sender_id = ? AND kind != 'dm'",
-            (user_id,),
-        ) as cursor:
-            deleted = list(await cursor.fetchall())
-        await conn.execute("DELETE FROM messages WHERE sender_id = ? AND kind != 'dm'", (user_id,))
+    def step(conn: sqlite3.Connection) -> list[Row]:
+        deleted = list(
+            conn.execute(
+                "SELECT id, kind, channel, sender_id, channel_id, recipient_id FROM messages"
+                " WHERE sender_id = ? AND kind != 'dm'",
+                (user_id,),
+            ).fetchall()
+        )
+        conn.execute("DELETE FROM messages WHERE sender_id = ? AND kind != 'dm'", (user_id,))
         for message in deleted:
-            await _outbox_message_deleted(conn, message["id"])  # their Discord copies go too
-        await conn.execute(
+            _outbox_message_deleted(conn, message["id"])  # their Discord copies go too
+        conn.execute(
             "UPDATE messages SET sender = ?, message = ?, sender_id = NULL WHERE sender_id = ?",
             (DELETED, DELETED, user_id),
         )
-        await conn.execute(
+        conn.execute(
             "UPDATE messages SET recipient = ?, recipient_id = NULL WHERE recipient_id = ?",
             (DELETED, user_id),
         )
-        await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # links, memberships
+        conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # links, memberships
         return deleted
 
     return await db.write(step, scrub=True)
@@ -394,8 +434,8 @@ async def is_member(db: Database, channel_id: int, user_id: int) -> bool:
 async def create_channel(db: Database, name: str, creator_id: int) -> int | None:
     """Create a channel with its creator as first member; None if the name is taken."""
 
-    async def step(conn: aiosqlite.Connection) -> int | None:
-        cursor = await conn.execute(
+    def step(conn: sqlite3.Connection) -> int | None:
+        cursor = conn.execute(
             "INSERT INTO channels (name, creator_id, created_at) VALUES (?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             (name, creator_id, now()),
@@ -403,7 +443,7 @@ async def create_channel(db: Database, name: str, creator_id: int) -> int | None
         if cursor.rowcount != 1:
             return None
         channel_id = cursor.lastrowid
-        await conn.execute(
+        conn.execute(
             "INSERT INTO members (channel_id, user_id) VALUES (?, ?)", (channel_id, creator_id)
         )
         return channel_id
@@ -414,8 +454,8 @@ async def create_channel(db: Database, name: str, creator_id: int) -> int | None
 async def add_member(db: Database, channel_id: int, user_id: int) -> bool:
     """Add a member; False if already one."""
 
-    async def step(conn: aiosqlite.Connection) -> bool:
-        cursor = await conn.execute(
+    def step(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
             "INSERT INTO members (channel_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (channel_id, user_id),
         )
@@ -440,8 +480,8 @@ async def channel_creator(db: Database, channel_id: int) -> int | None:
 async def remove_member(db: Database, channel_id: int, user_id: int) -> bool:
     """Remove a member; False if not one. The channel stays, even with no member left."""
 
-    async def step(conn: aiosqlite.Connection) -> bool:
-        cursor = await conn.execute(
+    def step(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
             "DELETE FROM members WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
         )
         return cursor.rowcount == 1
@@ -483,17 +523,16 @@ async def insert_message(
     `{"id": <that message's id>, "repeat": True}` (checked inside the write gate, so two
     concurrent requests with one nonce cannot both create a message)."""
 
-    async def step(conn: aiosqlite.Connection) -> Row:
+    def step(conn: sqlite3.Connection) -> Row:
         if nonce is not None:
-            await conn.execute(
+            conn.execute(
                 "DELETE FROM nonces WHERE user_id = ? AND nonce = ? AND created_at < ?",
                 (sender_id, nonce, time.time() - NONCE_SECONDS),
             )
-            async with conn.execute(
+            seen = conn.execute(
                 "SELECT message_id FROM nonces WHERE user_id = ? AND nonce = ?",
                 (sender_id, nonce),
-            ) as cursor:
-                seen = await cursor.fetchone()
+            ).fetchone()
             if seen is not None:
                 return {"id": seen["message_id"], "repeat": True}
         row = {
@@ -506,7 +545,7 @@ async def insert_message(
             "source": source,
             "edited_timestamp": None,
         }
-        cursor = await conn.execute(
+        cursor = conn.execute(
             "INSERT INTO messages (kind, sender_id, sender, message, channel_id, channel,"
             " recipient_id, recipient, timestamp, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -525,14 +564,14 @@ async def insert_message(
         message_id = cursor.lastrowid
         if kind == "dm":
             links = {(sender_id, recipient_id), (recipient_id, sender_id)}
-            await conn.executemany(
+            conn.executemany(
                 "INSERT INTO dm_links (user_id, peer_id, message_id) VALUES (?, ?, ?)",
                 [(user, peer, message_id) for user, peer in links],
             )
         if outbox:
-            await _outbox_insert(conn, message_id, outbox)
+            _outbox_insert(conn, message_id, outbox)
         if nonce is not None:
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO nonces (user_id, nonce, message_id, created_at) VALUES (?, ?, ?, ?)",
                 (sender_id, nonce, message_id, time.time()),
             )
@@ -561,9 +600,9 @@ async def message_by_id(db: Database, message_id: int) -> Row | None:
 async def delete_message(db: Database, message_id: int) -> bool:
     """Delete the row (its text is overwritten on disk: secure_delete); False if gone."""
 
-    async def step(conn: aiosqlite.Connection) -> bool:
-        cursor = await conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-        await _outbox_message_deleted(conn, message_id)  # its Discord copies go too
+    def step(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        _outbox_message_deleted(conn, message_id)  # its Discord copies go too
         return cursor.rowcount == 1
 
     return await db.write(step, scrub=True)
@@ -585,20 +624,24 @@ async def edit_message(
     on Discord; extra parts are queued as posts (after the edits, as ids keep the order).
     A destination that refused the message for good is left alone."""
 
-    async def step(conn: aiosqlite.Connection) -> tuple[Row, list[str]] | None:
-        async with conn.execute(
-            "UPDATE messages SET message = ?, edited_timestamp = ? WHERE id = ? AND sender_id = ?"
-            f" RETURNING {MESSAGE_COLUMNS}, sender_id, channel_id, recipient_id",
-            (text, now(), message_id, sender_id),
+    def step(conn: sqlite3.Connection) -> tuple[Row, list[str]] | None:
+        with contextlib.closing(
+            conn.execute(
+                "UPDATE messages SET message = ?, edited_timestamp = ?"
+                " WHERE id = ? AND sender_id = ?"
+                f" RETURNING {MESSAGE_COLUMNS}, sender_id, channel_id, recipient_id",
+                (text, now(), message_id, sender_id),
+            )
         ) as cursor:
-            message = await cursor.fetchone()
+            message = cursor.fetchone()
         if message is None:
             return None
-        async with conn.execute(
-            "SELECT id, part, dest, state FROM discord_outbox WHERE message_id = ? ORDER BY id",
-            (message_id,),
-        ) as cursor:
-            rows = list(await cursor.fetchall())
+        rows = list(
+            conn.execute(
+                "SELECT id, part, dest, state FROM discord_outbox WHERE message_id = ? ORDER BY id",
+                (message_id,),
+            ).fetchall()
+        )
         dests = []
         for dest in dict.fromkeys(row["dest"] for row in rows):
             mine = [r for r in rows if r["dest"] == dest]
@@ -606,36 +649,36 @@ async def edit_message(
                 continue
             live = {r["part"]: r for r in mine if r["state"] in ("post", "posted", "edit")}
             planned = replan(dest, message["sender"], text)
-            await _outbox_replan(conn, message_id, dest, live, planned)
+            _outbox_replan(conn, message_id, dest, live, planned)
             dests.append(dest)
         return message, dests
 
     return await db.write(step, scrub=True)  # the old text does not stay in the WAL either
 
 
-async def _outbox_replan(
-    conn: aiosqlite.Connection, message_id: int, dest: str, live: dict[int, Row], planned: list[Row]
+def _outbox_replan(
+    conn: sqlite3.Connection, message_id: int, dest: str, live: dict[int, Row], planned: list[Row]
 ) -> None:
     for new in planned:
         row = live.pop(new["part"], None)
         if row is None:
-            await _outbox_insert(conn, message_id, [new])
+            _outbox_insert(conn, message_id, [new])
         elif row["state"] == "post":
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET content = ?, username = ? WHERE id = ?",
                 (new["content"], new["username"], row["id"]),
             )
         else:
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET state = 'edit', content = ?, username = ?,"
                 " attempts = 0, not_before = 0, last_error = NULL WHERE id = ?",
                 (new["content"], new["username"], row["id"]),
             )
     for row in live.values():  # parts the new text does not need
         if row["state"] == "post":
-            await conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row["id"],))
+            conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row["id"],))
         else:
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
                 " not_before = 0, last_error = NULL WHERE id = ?",
                 (row["id"],),
@@ -732,10 +775,10 @@ OUTBOX_COLUMNS = (
 )
 
 
-async def _outbox_insert(conn: aiosqlite.Connection, message_id: int | None, rows: Any) -> None:
+def _outbox_insert(conn: sqlite3.Connection, message_id: int | None, rows: Any) -> None:
     """Queue posts ({dest, part, content, nonce, username}) for a message, in its transaction."""
     created = now()
-    await conn.executemany(
+    conn.executemany(
         "INSERT INTO discord_outbox (message_id, part, dest, state, content, nonce, username,"
         " created_at) VALUES (?, ?, ?, 'post', ?, ?, ?, ?)",
         [
@@ -745,15 +788,15 @@ async def _outbox_insert(conn: aiosqlite.Connection, message_id: int | None, row
     )
 
 
-async def _outbox_message_deleted(conn: aiosqlite.Connection, message_id: int) -> None:
+def _outbox_message_deleted(conn: sqlite3.Connection, message_id: int) -> None:
     """The message is deleted: its delivered copies are to be deleted on Discord, the rest
     is dropped (waiting posts are never sent), and no copy of its text stays here."""
-    await conn.execute(
+    conn.execute(
         "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
         " not_before = 0, last_error = NULL WHERE message_id = ? AND state IN ('posted', 'edit')",
         (message_id,),
     )
-    await conn.execute(
+    conn.execute(
         "DELETE FROM discord_outbox WHERE message_id = ? AND state IN ('post', 'failed')",
         (message_id,),
     )
@@ -812,28 +855,27 @@ async def outbox_posted(
     not current, the copy is to be edited to the row's text. If the message or this part was
     deleted meanwhile, queue the deletion of the new copy instead; False then."""
 
-    async def step(conn: aiosqlite.Connection) -> bool:
-        async with conn.execute(
+    def step(conn: sqlite3.Connection) -> bool:
+        waiting = conn.execute(
             "SELECT content FROM discord_outbox WHERE id = ? AND state = 'post'", (row["id"],)
-        ) as cursor:
-            waiting = await cursor.fetchone()
+        ).fetchone()
         ids = (discord_channel_id, discord_message_id, webhook_id)
         if waiting is not None and current and waiting["content"] == row["content"]:
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL,"
                 " discord_channel_id = ?, discord_message_id = ?, webhook_id = ? WHERE id = ?",
                 (*ids, row["id"]),
             )
             return True
         if waiting is not None:
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET state = 'edit', attempts = 0, not_before = 0,"
                 " last_error = NULL, discord_channel_id = ?, discord_message_id = ?,"
                 " webhook_id = ? WHERE id = ?",
                 (*ids, row["id"]),
             )
             return True
-        await conn.execute(
+        conn.execute(
             "INSERT INTO discord_outbox (message_id, part, dest, state, nonce,"
             " discord_channel_id, discord_message_id, webhook_id, created_at)"
             " VALUES (?, ?, ?, 'delete', ?, ?, ?, ?, ?)",
@@ -848,8 +890,8 @@ async def outbox_edited(db: Database, row: Row) -> None:
     """Discord's copy now has the row's text; unless the text changed again meanwhile (then
     the edit goes round once more), nothing is left to do but to remember the copy."""
 
-    async def step(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL"
             " WHERE id = ? AND state = 'edit' AND content = ?",
             (row["id"], row["content"]),
@@ -861,8 +903,8 @@ async def outbox_edited(db: Database, row: Row) -> None:
 async def outbox_done(db: Database, row_id: int) -> None:
     """A Discord copy is deleted: nothing is left to do or to remember for it."""
 
-    async def step(conn: aiosqlite.Connection) -> None:
-        await conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row_id,))
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row_id,))
 
     await db.write(step)
 
@@ -870,8 +912,8 @@ async def outbox_done(db: Database, row_id: int) -> None:
 async def outbox_retry(db: Database, row_id: int, not_before: float, error: str) -> None:
     """A transient failure: try again at `not_before` (Unix time)."""
 
-    async def step(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "UPDATE discord_outbox SET attempts = attempts + 1, not_before = ?, last_error = ?"
             " WHERE id = ?",
             (not_before, error, row_id),
@@ -885,27 +927,29 @@ async def outbox_refused(db: Database, row: Row, error: str) -> list[str]:
     (never retried, text dropped). Returns the nonces of the failed posts. A refused edit
     leaves the copy as it was (still known, so a deletion can reach it)."""
 
-    async def step(conn: aiosqlite.Connection) -> list[str]:
+    def step(conn: sqlite3.Connection) -> list[str]:
         if row["state"] == "edit":
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = ?"
                 " WHERE id = ? AND state = 'edit'",
                 (error, row["id"]),
             )
             return []
         if row["state"] != "post" or row["message_id"] is None:
-            await conn.execute(
+            conn.execute(
                 "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
                 " WHERE id = ?",
                 (error, row["id"]),
             )
             return [row["nonce"]] if row["state"] == "post" else []
-        async with conn.execute(
-            "SELECT nonce FROM discord_outbox WHERE message_id = ? AND state = 'post'",
-            (row["message_id"],),
-        ) as cursor:
-            nonces = [r["nonce"] for r in await cursor.fetchall()]
-        await conn.execute(
+        nonces = [
+            r["nonce"]
+            for r in conn.execute(
+                "SELECT nonce FROM discord_outbox WHERE message_id = ? AND state = 'post'",
+                (row["message_id"],),
+            ).fetchall()
+        ]
+        conn.execute(
             "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
             " WHERE message_id = ? AND state = 'post'",
             (error, row["message_id"]),
@@ -918,8 +962,8 @@ async def outbox_refused(db: Database, row: Row, error: str) -> list[str]:
 async def outbox_redirect(db: Database, old_dest: str, new_dest: str) -> None:
     """Posts planned under a channel name now know their Discord channel."""
 
-    async def step(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "UPDATE discord_outbox SET dest = ? WHERE dest = ?"
             " AND state IN ('post', 'edit', 'delete') AND state = 'post'",  # IN: the partial index
             (new_dest, old_dest),
@@ -931,8 +975,8 @@ async def outbox_redirect(db: Database, old_dest: str, new_dest: str) -> None:
 async def outbox_drop(db: Database, dest: str) -> None:
     """Posts planned under a channel name that turned out not to be bridged."""
 
-    async def step(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "DELETE FROM discord_outbox WHERE dest = ? AND state IN ('post', 'edit', 'delete')"
             " AND state = 'post'",  # the IN: the partial index
             (dest,),
@@ -947,17 +991,17 @@ async def remember_discord_user(
     """A Discord user DMed the bot: remember (or refresh) them. The first time, queue the
     confirmation posts in the same transaction and return True."""
 
-    async def step(conn: aiosqlite.Connection) -> bool:
-        async with conn.execute("SELECT 1 AS yes FROM discord_users WHERE id = ?", (user_id,)) as c:
-            known = await c.fetchone() is not None
-        await conn.execute(
+    def step(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute("SELECT 1 AS yes FROM discord_users WHERE id = ?", (user_id,))
+        known = cursor.fetchone() is not None
+        conn.execute(
             "INSERT INTO discord_users (id, username, seen_at) VALUES (?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET username = excluded.username,"
             " seen_at = excluded.seen_at",
             (user_id, username, now()),
         )
         if not known:
-            await _outbox_insert(conn, None, confirmation)
+            _outbox_insert(conn, None, confirmation)
         return not known
 
     return await db.write(step)

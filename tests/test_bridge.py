@@ -809,8 +809,7 @@ async def test_every_bridge_statement_is_served_by_an_index(client, api, fake, d
     """As test_storage's walk, for the statements of the bridge (SPEC §7)."""
     database = client.app[db_key]
     statements = []
-    for conn in (database.reader, database.writer):
-        await conn.set_trace_callback(statements.append)
+    await database.trace(statements.append)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
     await fake.inject_dm(CAROL["id"], "carol", "hi bot")
@@ -840,8 +839,7 @@ async def test_every_bridge_statement_is_served_by_an_index(client, api, fake, d
         await api.ok("deletemessage", {"token": alice, "message_id": message_id})
     await fake.wait_for(lambda f: len(f.deleted) == 7)
     await eventually(lambda: [r["message_id"] for r in outbox(db_path)] == [None])  # the reply
-    for conn in (database.reader, database.writer):
-        await conn.set_trace_callback(None)
+    await database.trace(None)
 
     queries = {
         " ".join(s.split())

@@ -354,13 +354,11 @@ async def test_edit_statements_are_served_by_an_index(client, api, world, db_pat
     tokens, ids = world
     database = client.app[db_key]
     statements = []
-    for conn in (database.reader, database.writer):
-        await conn.set_trace_callback(statements.append)
+    await database.trace(statements.append)
     for kind in ids:
         assert await edit(api, tokens["alice"], ids[kind], "again") == EDITED
     assert await edit(api, tokens["bob"], ids["dm"], "no") == NOT_YOURS
-    for conn in (database.reader, database.writer):
-        await conn.set_trace_callback(None)
+    await database.trace(None)
     queries = {
         re.sub(r"\s+", " ", s).strip()
         for s in statements

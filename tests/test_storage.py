@@ -89,11 +89,9 @@ async def test_every_statement_is_served_by_an_index(client, api, db_path):
 
     database = client.app[db_key]
     statements = []
-    for conn in (database.reader, database.writer):
-        await conn.set_trace_callback(statements.append)
+    await database.trace(statements.append)
     await walk_every_endpoint(api)
-    for conn in (database.reader, database.writer):
-        await conn.set_trace_callback(None)
+    await database.trace(None)
 
     queries = {
         re.sub(r"\s+", " ", s).strip()
