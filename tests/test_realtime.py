@@ -6,6 +6,7 @@ an unwanted event would have arrived first.
 """
 
 import asyncio
+import json
 
 import pytest
 import socketio
@@ -351,3 +352,59 @@ async def test_shutdown_closes_every_socket_polling_ones_too(config):
         for s in socks:
             await s.next("disconnect")
             assert not s.client.connected
+
+
+# --- slow clients -------------------------------------------------------------------------
+
+
+def _masked_text_frame(text: str) -> bytes:
+    """A client's WebSocket text frame (RFC 6455: clients mask what they send)."""
+    import os
+
+    payload, mask = text.encode(), os.urandom(4)
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_socket_that_stops_reading_holds_up_no_answer_and_no_other_socket(
+    aiohttp_client, config
+):
+    """A client that authenticates and then never reads again: its packets pile up while the
+    HTTP answers and every other socket go on as if it were not there."""
+    import dataclasses
+    import socket as socket_module
+
+    from conftest import Api
+
+    from buttonapi import create_app
+
+    client = await aiohttp_client(await create_app(dataclasses.replace(config, send_limit="0")))
+    api = Api(client)
+    alice, bob = await users(api, "alice", "bob")
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.get_extra_info("socket").setsockopt(
+        socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, 4096
+    )
+    writer.write(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: test\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)).startswith(b"HTTP/1.1 101")
+    writer.write(_masked_text_frame("40" + json.dumps({"token_api_v3": bob})))
+    await writer.drain()
+    # from here on the stalled client reads nothing
+    healthy = await Sock(str(client.make_url("/"))).connect({"token_api_v3": alice})
+    await healthy.next("ready")
+    text = "x" * 1990
+    for i in range(600):  # 1.2 MB for the stalled socket, more than its buffers hold
+        status, _ = await asyncio.wait_for(
+            api.post("senddcmsgwithtoken", {"token": alice, "message": f"{i} {text}"}), WAIT
+        )
+        assert status == 200
+    await api.dm(bob, "alice", "last")
+    await healthy.next("new_dm")
+    assert len(healthy.named("new_public_message")) == 600
+    writer.transport.abort()
+    await healthy.close()
