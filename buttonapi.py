@@ -958,11 +958,22 @@ async def readmessagesfromchannel(request: web.Request, body: dict[str, Any]) ->
 
 async def read_channel(request: web.Request, body: dict[str, Any]) -> web.Response:
     """readmessagesfromchannel without message_id: a channel's newest messages."""
-    token, name, *paging = fields(body, "token", "name", *PAGING)
+    token, name, count, before, after = fields(body, "token", "name", *PAGING)
     user = await authenticate(request, token)
     channel = await member_channel(request, user, name)
-    messages = await db.channel_messages(request.app[db_key], channel["id"], page(*paging))
-    return web.json_response({"messages": messages})
+    database = request.app[db_key]
+    if before != db.MAX_ID or after is not None:
+        messages = await db.channel_messages(database, channel["id"], page(count, before, after))
+        return web.json_response({"messages": messages})
+    # The newest page, which every client reads: kept encoded until the channel changes.
+    pages = database.pages
+    body_bytes = pages.get(channel["id"], count)
+    if body_bytes is None:
+        version = pages.version(channel["id"])
+        messages = await db.channel_messages(database, channel["id"], db.Page(count))
+        body_bytes = json.dumps({"messages": messages}).encode()
+        pages.keep(channel["id"], count, version, body_bytes)
+    return web.Response(body=body_bytes, content_type="application/json", charset="utf-8")
 
 
 @endpoint

@@ -36,6 +36,7 @@ SCHEMA_VERSION = 2
 NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
 TOKEN_CACHE_SIZE = 10_000  # users whose token lookups are kept in memory at most
+MEMBERSHIP_CACHE_SIZE = 100_000  # (channel name, user) memberships kept in memory at most
 
 MESSAGE_COLUMNS = (
     "id, kind, sender, message, channel, recipient, timestamp, source, edited_timestamp"
@@ -101,6 +102,45 @@ def _connect_writer(path: str) -> sqlite3.Connection:
     return conn
 
 
+class PageCache:
+    """The encoded answer for each channel's newest page (readmessagesfromchannel with no
+    `before` or `after`, the read every client makes), per count.
+
+    The writer's triggers report every inserted, edited or deleted message of a channel; the
+    channel's pages are dropped after the commit and before any writer of the batch hears
+    back. A page read while its channel changed is not kept (the channel's version moved).
+    At most `MAX_PAGE_CHANNELS` channels and counts up to `MAX_CACHED_COUNT` are kept."""
+
+    def __init__(self) -> None:
+        self._pages: dict[int, dict[int, bytes]] = {}
+        self._versions: dict[int, int] = {}
+        self.changed: set[int] = set()  # filled on the writer's thread during a batch
+
+    def get(self, channel_id: int, count: int) -> bytes | None:
+        return self._pages.get(channel_id, {}).get(count)
+
+    def version(self, channel_id: int) -> int:
+        return self._versions.get(channel_id, 0)
+
+    def keep(self, channel_id: int, count: int, version: int, body: bytes) -> None:
+        if count > MAX_CACHED_COUNT or self.version(channel_id) != version:
+            return
+        if channel_id not in self._pages and len(self._pages) >= MAX_PAGE_CHANNELS:
+            self._pages.pop(next(iter(self._pages)))  # the oldest kept channel
+        self._pages.setdefault(channel_id, {})[count] = body
+
+    def drop_changed(self) -> None:
+        """After a commit (on the loop): forget the pages of every channel that changed."""
+        while self.changed:
+            channel_id = self.changed.pop()
+            self._versions[channel_id] = self.version(channel_id) + 1
+            self._pages.pop(channel_id, None)
+
+
+MAX_PAGE_CHANNELS = 1000
+MAX_CACHED_COUNT = 100
+
+
 class Database:
     """The write connection behind the write gate (on its own thread), and the read one."""
 
@@ -119,10 +159,26 @@ class Database:
         self.tokens: dict[str, Row] = {}
         self.tokens_epoch = 0  # counts the emptyings: a lookup that spans one is not kept
         self._users_changed = False
+        # channel_of_member's cache of memberships found ((name, user id): channel). Only a
+        # removal can make one wrong: it is emptied after every commit that deleted a member
+        # or a user (the writer's triggers again), like the tokens.
+        self.memberships: dict[tuple[str, int], Row] = {}
+        self.memberships_epoch = 0
+        self._members_changed = False
+        self.pages = PageCache()
 
     def users_changed(self) -> None:
         """Called by SQLite (on the writer's thread) for each changed or deleted user."""
         self._users_changed = True
+
+    def members_changed(self) -> None:
+        """Called by SQLite (on the writer's thread) for each member removed."""
+        self._members_changed = True
+
+    def channel_changed(self, channel_id: int) -> None:
+        """Called by SQLite (on the writer's thread) for each message of a channel that was
+        inserted, edited or deleted."""
+        self.pages.changed.add(channel_id)
 
     def start(self) -> None:
         self._closing = False
@@ -194,7 +250,12 @@ class Database:
                 await self._commit_batch([item])
             return
         finally:
-            if self._users_changed:  # before any caller of the batch hears back
+            self.pages.drop_changed()  # before any caller of the batch hears back
+            if self._members_changed or self._users_changed:
+                self._members_changed = False
+                self.memberships.clear()
+                self.memberships_epoch += 1
+            if self._users_changed:
                 self._users_changed = False
                 self.tokens.clear()
                 self.tokens_epoch += 1
@@ -258,17 +319,30 @@ def _apply_schema(conn: sqlite3.Connection, schema: str) -> None:
         raise
 
 
-def _prepare_writer(path: str, users_changed: Callable[[], None]) -> sqlite3.Connection:
-    """On the writer's thread: the file, its schema, and the triggers of the token cache."""
+def _prepare_writer(path: str, database: Callable[[], Database]) -> sqlite3.Connection:
+    """On the writer's thread: the file, its schema, and the triggers of the caches (they
+    call `database()`'s methods; TEMP triggers are this connection's own, made at each start)."""
     _create_private_file(path)
     conn = _connect_writer(path)
     try:
         _apply_schema(conn, SCHEMA_PATH.read_text("utf-8"))
-        conn.create_function("users_changed", 0, users_changed)
-        for event in ("UPDATE", "DELETE"):  # TEMP: this connection's own, made at each start
+        conn.create_function("users_changed", 0, lambda: database().users_changed())
+        conn.create_function("channel_changed", 1, lambda c: database().channel_changed(c))
+        conn.create_function("members_changed", 0, lambda: database().members_changed())
+        conn.execute(
+            "CREATE TEMP TRIGGER members_delete AFTER DELETE ON members"
+            " BEGIN SELECT members_changed(); END"
+        )
+        for event in ("UPDATE", "DELETE"):
             conn.execute(
                 f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
                 " BEGIN SELECT users_changed(); END"
+            )
+        for event, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD")):
+            conn.execute(
+                f"CREATE TEMP TRIGGER messages_{event.lower()} AFTER {event} ON messages"
+                f" WHEN {row}.channel_id IS NOT NULL"
+                f" BEGIN SELECT channel_changed({row}.channel_id); END"
             )
     except BaseException:
         conn.close()
@@ -280,16 +354,14 @@ def _prepare_writer(path: str, users_changed: Callable[[], None]) -> sqlite3.Con
 async def open_database(path: str) -> AsyncIterator[Database]:
     """Create the file and schema if needed; yield a running Database; close it cleanly."""
     loop = asyncio.get_running_loop()
-    changed: list[Database] = []  # the triggers' callback reaches the Database made below
+    made: list[Database] = []  # the triggers reach the Database made below
     with ThreadPoolExecutor(1, "buttonapi-writer") as thread:
-        writer = await loop.run_in_executor(
-            thread, _prepare_writer, path, lambda: changed[0].users_changed()
-        )
+        writer = await loop.run_in_executor(thread, _prepare_writer, path, lambda: made[0])
         reader = None
         try:
             reader = await _connect_reader(path)
             db = Database(writer, thread, reader)
-            changed.append(db)
+            made.append(db)
             db.start()
             try:
                 yield db
@@ -416,12 +488,22 @@ async def channel_by_name(db: Database, name: str) -> Row | None:
 
 
 async def channel_of_member(db: Database, name: str, user_id: int) -> Row | None:
-    """The named channel, with `member` (1 or 0): whether the user is in it; one lookup."""
-    return await db.fetch_one(
-        "SELECT id, name, EXISTS (SELECT 1 FROM members WHERE channel_id = channels.id"
-        " AND user_id = ?) AS member FROM channels WHERE name = ?",
-        (user_id, name),
-    )
+    """The named channel, with `member` (1 or 0): whether the user is in it; one lookup, and
+    none when the membership is in memory (see Database.memberships)."""
+    key = (ascii_lower(name), user_id)
+    channel = db.memberships.get(key)
+    if channel is None:
+        epoch = db.memberships_epoch
+        channel = await db.fetch_one(
+            "SELECT id, name, EXISTS (SELECT 1 FROM members WHERE channel_id = channels.id"
+            " AND user_id = ?) AS member FROM channels WHERE name = ?",
+            (user_id, name),
+        )
+        if channel is not None and channel["member"] and epoch == db.memberships_epoch:
+            if len(db.memberships) >= MEMBERSHIP_CACHE_SIZE:
+                db.memberships.clear()
+            db.memberships[key] = channel
+    return None if channel is None else dict(channel)  # a copy: the cached row stays as read
 
 
 async def is_member(db: Database, channel_id: int, user_id: int) -> bool:

@@ -111,3 +111,77 @@ async def test_database_and_wal_are_readable_by_the_owner_only(api, db_path):
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
         path.name: 0o600 for path in files
     }
+
+
+# --- the newest page of a channel is kept encoded until the channel changes --------------
+
+
+async def newest(api, token, **extra):
+    got = await api.ok("readmessagesfromchannel", {"token": token, "name": "general", **extra})
+    return [(m["id"], m["message"], m["edited_timestamp"] is not None) for m in got["messages"]]
+
+
+async def test_every_change_to_a_channel_shows_in_its_newest_page_at_once(api):
+    alice, bob = await api.user("alice"), await api.user("bob")
+    await api.channel(alice, "general", "bob")
+    await api.channel(alice, "other", "bob")
+    assert await newest(api, bob) == []
+    first = await api.send(alice, "general", "one")
+    assert await newest(api, bob) == [(first, "one", False)]
+    assert await newest(api, bob) == [(first, "one", False)]  # served from memory
+    second = await api.send(bob, "general", "two")
+    await api.send(alice, "other", "elsewhere")
+    assert await newest(api, bob) == [(first, "one", False), (second, "two", False)]
+    assert await newest(api, bob, count=1) == [(second, "two", False)]
+    await api.ok("editmessage", {"token": alice, "message_id": first, "message": "uno"})
+    assert await newest(api, bob) == [(first, "uno", True), (second, "two", False)]
+    assert await newest(api, bob, count=1) == [(second, "two", False)]
+    await api.ok("deletemessage", {"token": bob, "message_id": second})
+    assert await newest(api, bob) == [(first, "uno", True)]
+    assert await newest(api, bob, count=1) == [(first, "uno", True)]
+    await api.ok("deleteaccount", {"username": "alice", "password": PASSWORD})
+    assert await newest(api, bob) == []
+
+
+async def test_reads_racing_writes_never_keep_a_stale_page(aiohttp_client, config):
+    import dataclasses
+
+    from conftest import Api
+
+    from buttonapi import create_app
+
+    api = Api(await aiohttp_client(await create_app(dataclasses.replace(config, send_limit="0"))))
+    alice = await api.user("alice")
+    await api.channel(alice, "general")
+
+    async def reader():
+        for _ in range(60):
+            await newest(api, alice)
+
+    sent = []
+
+    async def writer():
+        for i in range(60):
+            sent.append(await api.send(alice, "general", f"m{i}"))
+
+    await asyncio.gather(reader(), reader(), writer())
+    assert [m[0] for m in await newest(api, alice)] == sent[-50:]
+    assert [m[0] for m in await newest(api, alice, count=100)] == sent
+
+
+async def test_a_removed_member_is_refused_at_once_after_reading(api):
+    """Memberships found are kept in memory; a removal must end one before its answer."""
+    alice, bob, carol = await api.user("alice"), await api.user("bob"), await api.user("carol")
+    await api.channel(alice, "general", "bob", "carol")
+    not_in = (401, {"message": "You are not in this channel!"})
+    for token in (bob, carol):
+        assert await newest(api, token) == []
+    body = {"token": alice, "name": "general", "username": "bob"}
+    await api.ok("removeuserfromchannel", body)
+    assert await api.post("readmessagesfromchannel", {"token": bob, "name": "general"}) == not_in
+    await api.ok("leavechannel", {"token": carol, "name": "general"})
+    assert await api.post(
+        "sendmessage", {"token": carol, "channel": "general", "message": "x"}
+    ) == (not_in)
+    await api.ok("addusertochannel", {"token": alice, "name": "general", "username": "bob"})
+    assert await newest(api, bob) == []
