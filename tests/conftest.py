@@ -196,6 +196,23 @@ def api(client):
 
 
 @pytest.fixture
+async def connect(client):
+    """connect(auth=None) -> a real Socket.IO client (tests/test_realtime.py's Sock) on the
+    test server, websocket transport; every one is closed at the end of the test."""
+    from test_realtime import Sock
+
+    socks = []
+
+    async def make(auth=None):
+        socks.append(await Sock(str(client.make_url("/"))).connect(auth))
+        return socks[-1]
+
+    yield make
+    for s in socks:
+        await s.close()
+
+
+@pytest.fixture
 def snapshot(db_path, client):
     """snapshot() -> every row of the running server's database (see db_snapshot)."""
     return lambda: db_snapshot(db_path)

@@ -1315,6 +1315,22 @@ class FakeDiscord:
             return _error(404, 10003)
         return web.Response(status=204)
 
+    def _record_post(
+        self, msg: dict, cid: int, content: Any, body: dict, files: list, **extra: Any
+    ) -> None:
+        """Keep what the bot posted (files without their bytes) for the tests to look at."""
+        posted = PostedMessage(
+            id=int(msg["id"]),
+            channel_id=cid,
+            content=content,
+            allowed_mentions=body.get("allowed_mentions"),
+            body=body,
+            files=[{k: v for k, v in f.items() if k != "data"} for f in files],
+            time=asyncio.get_running_loop().time(),
+            **extra,
+        )
+        self.messages[cid].append(posted)
+
     async def _r_post_message(
         self, *, channel_id: str, body: Any, files: list[dict], **_: Any
     ) -> web.Response:
@@ -1348,16 +1364,7 @@ class FakeDiscord:
             embeds=body.get("embeds"),
             nonce=body.get("nonce"),
         )
-        posted = PostedMessage(
-            id=int(msg["id"]),
-            channel_id=cid,
-            content=content,
-            allowed_mentions=body.get("allowed_mentions"),
-            body=body,
-            files=[{k: v for k, v in f.items() if k != "data"} for f in files],
-            time=asyncio.get_running_loop().time(),
-        )
-        self.messages[cid].append(posted)
+        self._record_post(msg, cid, content, body, files)
         if nonce is not None:
             self._nonces[str(nonce)] = msg
         await self._notify()
@@ -1452,18 +1459,8 @@ class FakeDiscord:
             embeds=body.get("embeds"),
             webhook_id=wid,
         )
-        self.messages[cid].append(
-            PostedMessage(
-                id=int(msg["id"]),
-                channel_id=cid,
-                content=content,
-                allowed_mentions=body.get("allowed_mentions"),
-                body=body,
-                files=[{k: v for k, v in f.items() if k != "data"} for f in files],
-                time=asyncio.get_running_loop().time(),
-                webhook_id=wid,
-                username=author["username"],
-            )
+        self._record_post(
+            msg, cid, content, body, files, webhook_id=wid, username=author["username"]
         )
         await self._notify()
         await self._echo("MESSAGE_CREATE", dict(msg, guild_id=str(self.guild_id)), cid)

@@ -64,20 +64,6 @@ async def test_a_bad_after_is_400(api, snapshot, after):
 # --- replay on (re)connect --------------------------------------------------------------
 
 
-@pytest.fixture
-async def connect(client):
-    socks = []
-
-    async def make(auth=None):
-        s = await Sock(str(client.make_url("/"))).connect(auth)
-        socks.append(s)
-        return s
-
-    yield make
-    for s in socks:
-        await s.close()
-
-
 async def world(api):
     """alice, bob, carol; a channel of alice and bob; every kind of message, some not bob's."""
     alice, bob, carol = await api.user("alice"), await api.user("bob"), await api.user("carol")

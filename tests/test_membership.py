@@ -8,25 +8,22 @@ import asyncio
 
 import pytest
 from conftest import PASSWORD, UUID4_RE
-from test_realtime import Sock, barrier
+from test_realtime import barrier
 
 NEW_PASSWORD = "N3w!Passw0rd"
 INVALID_TOKEN = (401, {"message": "Invalid token!"})
 
 
 @pytest.fixture
-async def sock(client):
-    socks = []
+def sock(connect):
+    """sock(token) -> a socket registered as the token's user (its `ready` received)."""
 
     async def make(token):
-        s = await Sock(str(client.make_url("/"))).connect({"token_api_v3": token})
+        s = await connect({"token_api_v3": token})
         await s.next("ready")
-        socks.append(s)
         return s
 
-    yield make
-    for s in socks:
-        await s.close()
+    return make
 
 
 async def setup_general(api):
