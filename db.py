@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +36,6 @@ SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 SCHEMA_VERSION = 2
 NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
-TOKEN_CACHE_SIZE = 10_000  # users whose token lookups are kept in memory at most
-MEMBERSHIP_CACHE_SIZE = 100_000  # (channel name, user) memberships kept in memory at most
-
 MESSAGE_COLUMNS = (
     "id, kind, sender, message, channel, recipient, timestamp, source, edited_timestamp"
 )
@@ -102,50 +100,140 @@ def _connect_writer(path: str) -> sqlite3.Connection:
     return conn
 
 
-class PageCache:
-    """The encoded answer for each channel's newest page (readmessagesfromchannel with no
-    `before` or `after`, the read every client makes), per count.
+class Cache:
+    """Answers read from the file, kept in memory until a write changes what they show.
 
-    The writer's triggers report every inserted, edited or deleted message of a channel; the
-    channel's pages are dropped after the commit and before any writer of the batch hears
-    back. A page read while its channel changed is not kept (the channel's version moved).
-    At most `MAX_PAGE_CHANNELS` channels and counts up to `MAX_CACHED_COUNT` are kept."""
+    During a batch the writer's triggers (on the writer's thread) mark what changed with
+    `changed(key)`, or `changed()` for every key; `flush()`, on the loop after the COMMIT and
+    before any writer of the batch hears back, forgets it. A lookup that spans a flush of its
+    key is not kept: take `version()` before reading, and pass it to `keep` after. At most
+    `size` keys are kept (the oldest kept goes first)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: dict[Hashable, Any] = {}
+        self._changed: set[Hashable] = set()  # filled on the writer's thread during a batch
+        self._all_changed = False
+        self._flushes = 0  # the flushes that forgot something; a version is one of these
+        self._forgotten: dict[Hashable, int] = {}  # key: the flush that last forgot it
+        self._all_forgotten = 0  # the flush that last forgot every key
+
+    def get(self, key: Hashable) -> Any | None:
+        return self._values.get(key)
+
+    def version(self) -> int:
+        return self._flushes
+
+    def keep(self, key: Hashable, value: Any, version: int) -> None:
+        """Keep `value`, read from the file since `version()` said `version`, unless `key`
+        changed in between."""
+        if max(self._all_forgotten, self._forgotten.get(key, 0)) > version:
+            return
+        if key not in self._values and len(self._values) >= self.size:
+            self._values.pop(next(iter(self._values)))  # the oldest kept
+        self._values[key] = value
+
+    def changed(self, key: Hashable | None = None) -> None:
+        """A write changed what `key` (every key when None) shows: forget it at the flush."""
+        if key is None:
+            self._all_changed = True
+        else:
+            self._changed.add(key)
+
+    def flush(self) -> None:
+        """After a commit (on the loop): forget what the batch changed."""
+        if self._all_changed or len(self._forgotten) + len(self._changed) > self.size:
+            self._all_changed = False
+            self._changed.clear()
+            self.forget_all()  # (past `size` changed keys too: what is remembered is bounded)
+        elif self._changed:
+            self._flushes += 1
+            while self._changed:
+                key = self._changed.pop()
+                self._values.pop(key, None)
+                self._forgotten[key] = self._flushes
+
+    def forget_all(self) -> None:
+        """Forget every key now, on the loop. The marks of a batch in progress are left for
+        its flush: what is read before its COMMIT must not be kept either."""
+        self._flushes += 1
+        self._values.clear()
+        self._forgotten.clear()
+        self._all_forgotten = self._flushes
+
+
+class Caches:
+    """The three caches of reads, and the TEMP triggers that tell them what a write changed.
+
+    - `tokens`: user_by_token's (token: user); every key goes when a user row changes.
+    - `memberships`: channel_of_member's memberships found ((lower-cased name, user id):
+      channel). Only a removal can make one wrong: every key goes when a member or a user is
+      deleted or a user changes.
+    - `pages`: each channel's newest page (readmessagesfromchannel with no `before` or
+      `after`, the read every client makes), encoded (channel id: {count: bytes}); a channel's
+      key goes when one of its messages is inserted, edited or deleted.
+
+    Made before the write connection, whose triggers call them directly."""
 
     def __init__(self) -> None:
-        self._pages: dict[int, dict[int, bytes]] = {}
-        self._versions: dict[int, int] = {}
-        self.changed: set[int] = set()  # filled on the writer's thread during a batch
+        self.tokens = Cache(TOKEN_CACHE_SIZE)
+        self.memberships = Cache(MEMBERSHIP_CACHE_SIZE)
+        self.pages = Cache(MAX_PAGE_CHANNELS)
 
-    def get(self, channel_id: int, count: int) -> bytes | None:
-        return self._pages.get(channel_id, {}).get(count)
+    def install(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread: the triggers (TEMP: this connection's own, made at each
+        start) and the functions they call, which run on that thread during a batch."""
+        conn.create_function("users_changed", 0, self._users_changed)
+        conn.create_function("members_changed", 0, self.memberships.changed)
+        conn.create_function("channel_changed", 1, self.pages.changed)
+        conn.execute(
+            "CREATE TEMP TRIGGER members_delete AFTER DELETE ON members"
+            " BEGIN SELECT members_changed(); END"
+        )
+        for event in ("UPDATE", "DELETE"):
+            conn.execute(
+                f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
+                " BEGIN SELECT users_changed(); END"
+            )
+        for event, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD")):
+            conn.execute(
+                f"CREATE TEMP TRIGGER messages_{event.lower()} AFTER {event} ON messages"
+                f" WHEN {row}.channel_id IS NOT NULL"
+                f" BEGIN SELECT channel_changed({row}.channel_id); END"
+            )
 
-    def version(self, channel_id: int) -> int:
-        return self._versions.get(channel_id, 0)
+    def _users_changed(self) -> None:
+        self.tokens.changed()
+        self.memberships.changed()
 
-    def keep(self, channel_id: int, count: int, version: int, body: bytes) -> None:
-        if count > MAX_CACHED_COUNT or self.version(channel_id) != version:
-            return
-        if channel_id not in self._pages and len(self._pages) >= MAX_PAGE_CHANNELS:
-            self._pages.pop(next(iter(self._pages)))  # the oldest kept channel
-        self._pages.setdefault(channel_id, {})[count] = body
+    def flush(self) -> None:
+        """After a commit, on the loop: what the batch changed is forgotten."""
+        for cache in (self.tokens, self.memberships, self.pages):
+            cache.flush()
 
-    def drop_changed(self) -> None:
-        """After a commit (on the loop): forget the pages of every channel that changed."""
-        while self.changed:
-            channel_id = self.changed.pop()
-            self._versions[channel_id] = self.version(channel_id) + 1
-            self._pages.pop(channel_id, None)
+    def flush_all(self) -> None:
+        """Forget everything kept. For writes the triggers do not see: another process's
+        connection (a check of `PRAGMA data_version` on the read connection, which moves when
+        another connection commits, would call this before serving from memory)."""
+        for cache in (self.tokens, self.memberships, self.pages):
+            cache.forget_all()
 
 
-MAX_PAGE_CHANNELS = 1000
-MAX_CACHED_COUNT = 100
+TOKEN_CACHE_SIZE = 10_000  # users whose token lookups are kept in memory at most
+MEMBERSHIP_CACHE_SIZE = 100_000  # (channel name, user) memberships kept in memory at most
+MAX_PAGE_CHANNELS = 1000  # channels whose newest pages are kept at most
+MAX_CACHED_COUNT = 100  # newest pages of up to this many messages are kept
 
 
 class Database:
     """The write connection behind the write gate (on its own thread), and the read one."""
 
     def __init__(
-        self, writer: sqlite3.Connection, thread: ThreadPoolExecutor, reader: aiosqlite.Connection
+        self,
+        writer: sqlite3.Connection,
+        thread: ThreadPoolExecutor,
+        reader: aiosqlite.Connection,
+        caches: Caches,
     ) -> None:
         self.writer = writer
         self.reader = reader
@@ -154,31 +242,7 @@ class Database:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
-        # user_by_token's cache (token: user). It is emptied after every committed write
-        # that changed a row of `users`, which the writer's triggers report (open_database).
-        self.tokens: dict[str, Row] = {}
-        self.tokens_epoch = 0  # counts the emptyings: a lookup that spans one is not kept
-        self._users_changed = False
-        # channel_of_member's cache of memberships found ((name, user id): channel). Only a
-        # removal can make one wrong: it is emptied after every commit that deleted a member
-        # or a user (the writer's triggers again), like the tokens.
-        self.memberships: dict[tuple[str, int], Row] = {}
-        self.memberships_epoch = 0
-        self._members_changed = False
-        self.pages = PageCache()
-
-    def users_changed(self) -> None:
-        """Called by SQLite (on the writer's thread) for each changed or deleted user."""
-        self._users_changed = True
-
-    def members_changed(self) -> None:
-        """Called by SQLite (on the writer's thread) for each member removed."""
-        self._members_changed = True
-
-    def channel_changed(self, channel_id: int) -> None:
-        """Called by SQLite (on the writer's thread) for each message of a channel that was
-        inserted, edited or deleted."""
-        self.pages.changed.add(channel_id)
+        self.caches = caches  # flushed after each commit, before its writers hear back
 
     def start(self) -> None:
         self._closing = False
@@ -250,15 +314,7 @@ class Database:
                 await self._commit_batch([item])
             return
         finally:
-            self.pages.drop_changed()  # before any caller of the batch hears back
-            if self._members_changed or self._users_changed:
-                self._members_changed = False
-                self.memberships.clear()
-                self.memberships_epoch += 1
-            if self._users_changed:
-                self._users_changed = False
-                self.tokens.clear()
-                self.tokens_epoch += 1
+            self.caches.flush()  # before any caller of the batch hears back
         for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -319,31 +375,13 @@ def _apply_schema(conn: sqlite3.Connection, schema: str) -> None:
         raise
 
 
-def _prepare_writer(path: str, database: Callable[[], Database]) -> sqlite3.Connection:
-    """On the writer's thread: the file, its schema, and the triggers of the caches (they
-    call `database()`'s methods; TEMP triggers are this connection's own, made at each start)."""
+def _prepare_writer(path: str, caches: Caches) -> sqlite3.Connection:
+    """On the writer's thread: the file, its schema, and the triggers of the caches."""
     _create_private_file(path)
     conn = _connect_writer(path)
     try:
         _apply_schema(conn, SCHEMA_PATH.read_text("utf-8"))
-        conn.create_function("users_changed", 0, lambda: database().users_changed())
-        conn.create_function("channel_changed", 1, lambda c: database().channel_changed(c))
-        conn.create_function("members_changed", 0, lambda: database().members_changed())
-        conn.execute(
-            "CREATE TEMP TRIGGER members_delete AFTER DELETE ON members"
-            " BEGIN SELECT members_changed(); END"
-        )
-        for event in ("UPDATE", "DELETE"):
-            conn.execute(
-                f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
-                " BEGIN SELECT users_changed(); END"
-            )
-        for event, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD")):
-            conn.execute(
-                f"CREATE TEMP TRIGGER messages_{event.lower()} AFTER {event} ON messages"
-                f" WHEN {row}.channel_id IS NOT NULL"
-                f" BEGIN SELECT channel_changed({row}.channel_id); END"
-            )
+        caches.install(conn)
     except BaseException:
         conn.close()
         raise
@@ -354,14 +392,13 @@ def _prepare_writer(path: str, database: Callable[[], Database]) -> sqlite3.Conn
 async def open_database(path: str) -> AsyncIterator[Database]:
     """Create the file and schema if needed; yield a running Database; close it cleanly."""
     loop = asyncio.get_running_loop()
-    made: list[Database] = []  # the triggers reach the Database made below
+    caches = Caches()
     with ThreadPoolExecutor(1, "buttonapi-writer") as thread:
-        writer = await loop.run_in_executor(thread, _prepare_writer, path, lambda: made[0])
+        writer = await loop.run_in_executor(thread, _prepare_writer, path, caches)
         reader = None
         try:
             reader = await _connect_reader(path)
-            db = Database(writer, thread, reader)
-            made.append(db)
+            db = Database(writer, thread, reader, caches)
             db.start()
             try:
                 yield db
@@ -383,15 +420,14 @@ async def user_by_name(db: Database, username: str) -> Row | None:
 
 
 async def user_by_token(db: Database, token: str) -> Row | None:
-    """The token's user: from memory after the first lookup (see Database.tokens)."""
-    user = db.tokens.get(token)
+    """The token's user: from memory after the first lookup (see Caches.tokens)."""
+    tokens = db.caches.tokens
+    user = tokens.get(token)
     if user is None:
-        epoch = db.tokens_epoch
+        version = tokens.version()
         user = await db.fetch_one("SELECT id, username, token FROM users WHERE token = ?", (token,))
-        if user is not None and epoch == db.tokens_epoch:
-            if len(db.tokens) >= TOKEN_CACHE_SIZE:
-                db.tokens.clear()
-            db.tokens[token] = user
+        if user is not None:
+            tokens.keep(token, user, version)
     return None if user is None else dict(user)  # a copy: the cached row stays as read
 
 
@@ -489,20 +525,18 @@ async def channel_by_name(db: Database, name: str) -> Row | None:
 
 async def channel_of_member(db: Database, name: str, user_id: int) -> Row | None:
     """The named channel, with `member` (1 or 0): whether the user is in it; one lookup, and
-    none when the membership is in memory (see Database.memberships)."""
-    key = (ascii_lower(name), user_id)
-    channel = db.memberships.get(key)
+    none when the membership is in memory (see Caches.memberships)."""
+    memberships, key = db.caches.memberships, (ascii_lower(name), user_id)
+    channel = memberships.get(key)
     if channel is None:
-        epoch = db.memberships_epoch
+        version = memberships.version()
         channel = await db.fetch_one(
             "SELECT id, name, EXISTS (SELECT 1 FROM members WHERE channel_id = channels.id"
             " AND user_id = ?) AS member FROM channels WHERE name = ?",
             (user_id, name),
         )
-        if channel is not None and channel["member"] and epoch == db.memberships_epoch:
-            if len(db.memberships) >= MEMBERSHIP_CACHE_SIZE:
-                db.memberships.clear()
-            db.memberships[key] = channel
+        if channel is not None and channel["member"]:
+            memberships.keep(key, channel, version)
     return None if channel is None else dict(channel)  # a copy: the cached row stays as read
 
 
@@ -606,17 +640,8 @@ async def insert_message(
     concurrent requests with one nonce cannot both create a message)."""
 
     def step(conn: sqlite3.Connection) -> Row:
-        if nonce is not None:
-            conn.execute(
-                "DELETE FROM nonces WHERE user_id = ? AND nonce = ? AND created_at < ?",
-                (sender_id, nonce, time.time() - NONCE_SECONDS),
-            )
-            seen = conn.execute(
-                "SELECT message_id FROM nonces WHERE user_id = ? AND nonce = ?",
-                (sender_id, nonce),
-            ).fetchone()
-            if seen is not None:
-                return {"id": seen["message_id"], "repeat": True}
+        if nonce is not None and (seen := _nonce_seen(conn, sender_id, nonce)) is not None:
+            return {"id": seen, "repeat": True}
         row = {
             "kind": kind,
             "sender": sender,
@@ -629,19 +654,9 @@ async def insert_message(
         }
         cursor = conn.execute(
             "INSERT INTO messages (kind, sender_id, sender, message, channel_id, channel,"
-            " recipient_id, recipient, timestamp, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                kind,
-                sender_id,
-                sender,
-                message,
-                channel_id,
-                channel,
-                recipient_id,
-                recipient,
-                row["timestamp"],
-                source,
-            ),
+            " recipient_id, recipient, timestamp, source) VALUES (:kind, :sender_id, :sender,"
+            " :message, :channel_id, :channel, :recipient_id, :recipient, :timestamp, :source)",
+            {**row, "sender_id": sender_id, "channel_id": channel_id, "recipient_id": recipient_id},
         )
         message_id = cursor.lastrowid
         if kind == "dm":
@@ -660,6 +675,19 @@ async def insert_message(
         return {"id": message_id, **row}
 
     return await db.write(step)
+
+
+def _nonce_seen(conn: sqlite3.Connection, user_id: int | None, nonce: str) -> int | None:
+    """Inside the write gate: the message the user created with this nonce in the last 24
+    hours (an older use is forgotten first)."""
+    conn.execute(
+        "DELETE FROM nonces WHERE user_id = ? AND nonce = ? AND created_at < ?",
+        (user_id, nonce, time.time() - NONCE_SECONDS),
+    )
+    seen = conn.execute(
+        "SELECT message_id FROM nonces WHERE user_id = ? AND nonce = ?", (user_id, nonce)
+    ).fetchone()
+    return None if seen is None else seen["message_id"]
 
 
 async def nonce_message(db: Database, user_id: int, nonce: str) -> int | None:
@@ -802,6 +830,20 @@ async def public_messages(db: Database, page: Page) -> list[Row]:
 
 async def channel_messages(db: Database, channel_id: int, page: Page) -> list[Row]:
     return await _page(db, MESSAGES_SELECT, "channel_id = ?", (channel_id,), "id", page)
+
+
+async def newest_page(db: Database, channel_id: int, count: int) -> bytes:
+    """The channel's newest `count` messages as the encoded answer `{"messages": [...]}`:
+    from memory until the channel changes (see Caches.pages)."""
+    pages = db.caches.pages
+    body = (pages.get(channel_id) or {}).get(count)
+    if body is None:
+        version = pages.version()
+        messages = await channel_messages(db, channel_id, Page(count))
+        body = json.dumps({"messages": messages}).encode()
+        if count <= MAX_CACHED_COUNT:
+            pages.keep(channel_id, {**(pages.get(channel_id) or {}), count: body}, version)
+    return body
 
 
 async def sent_messages(db: Database, user_id: int, page: Page) -> list[Row]:
