@@ -1,16 +1,19 @@
 """The Discord bridge of Button API V3 (SPEC section 6).
 
-One discord.py client runs on the server's own event loop. `Bridge` owns it and adds:
+One discord.py client runs on the server's own event loop. Three classes share the work:
 
-* the outbound side: every message bound for Discord is planned here as outbox rows (one per
-  post of at most 2000 characters), committed by db.py in the same transaction as its message,
-  and delivered by one worker task per destination, so a destination that fails or hangs never
-  delays another; edits and deletions of a message reach its copies through the same rows;
-* display names: where the bot has the Manage Webhooks permission, mirrors are posted through
-  the bot's own webhook in that channel with the sender's username as the display name;
-  elsewhere (and for DMs) the bot posts `**name**: text` itself;
-* the inbound side: Discord users' messages in the bridge channel and in bridged text channels
-  become Button API messages; a DM to the bot makes its author known to the bridge.
+* `Bridge`, what the server uses: the client and its lifecycle, and the planning of every
+  message bound for Discord as outbox rows (one per post of at most 2000 characters),
+  committed by db.py in the same transaction as its message. It also takes in Discord
+  users' messages in the bridge channel and in bridged text channels as Button API messages;
+  a DM to the bot makes its author known to the bridge.
+* `Outbox`, the delivery of those rows: one worker task per destination, so a destination
+  that fails or hangs never delays another, with retries and 429 holds; edits and deletions
+  of a message reach its copies through the same rows. The row states and outcomes are
+  db.py's `OutboxState` and `Outcome`.
+* `Webhooks`, display names: where the bot has the Manage Webhooks permission, mirrors are
+  posted through the bot's own webhook in that channel with the sender's username as the
+  display name; elsewhere (and for DMs) the bot posts `**name**: text` itself.
 
 Delivery is at-least-once with Discord's own duplicate guard: every post carries a nonce kept in
 its outbox row and is sent with `enforce_nonce` (discord.py does that whenever a nonce is given),
@@ -42,6 +45,7 @@ import discord.http
 import yarl
 
 import db
+from db import OutboxState, Outcome
 
 log = logging.getLogger("buttonapi.bot")
 
@@ -57,11 +61,6 @@ CONFIRMATION = (
     "Hi {name}! You are now known to Button API: its users can message you here with"
     " senddcmsg and your username ({username})."
 )
-
-# Outbox row states (schema.sql): work to do, delivered, a copy to edit or delete, refused.
-POST, POSTED, EDIT, DELETE, FAILED = "post", "posted", "edit", "delete", "failed"
-# senddcmsg outcomes of the first delivery attempt.
-SENT, REFUSED, QUEUED = "sent", "refused", "queued"
 
 GLOBAL = "global"  # rate-limit hold keys: GLOBAL, DM_CREATE or a Discord channel id
 DM_CREATE = "dm-create"
@@ -153,14 +152,38 @@ def inbound_text(message: discord.Message) -> str:
     return "\n".join(lines)
 
 
+def point_discord_py(api_base: str, gateway_url: str) -> tuple[str, yarl.URL]:
+    """Point discord.py at DISCORD_API_BASE / DISCORD_GATEWAY_URL; returns the old values.
+
+    discord.py keeps its REST base and gateway URL in two class attributes; pointing them
+    there is how the bot reaches a Discord-compatible server (the tests' fake). They are
+    process-global, so the bridge restores the old values when it stops."""
+    saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    if api_base:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+    return saved
+
+
+def restore_discord_py(saved: tuple[str, yarl.URL]) -> None:
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def _user_id(client: discord.Client | None) -> int | None:
+    """The bot's own Discord user id, once logged in."""
+    user = client.user if client else None
+    return user.id if user else None
+
+
 class Delivery:
     """The first attempt of each part of one senddcmsg message, as futures."""
 
-    def __init__(self, futures: list[asyncio.Future[str]], wait: float) -> None:
+    def __init__(self, futures: list[asyncio.Future[Outcome]], wait: float) -> None:
         self.futures = futures
         self.wait_limit = wait
 
-    async def outcome(self) -> str:
+    async def outcome(self) -> Outcome:
         """SENT when every part was accepted, REFUSED as soon as one is refused for good,
         QUEUED on a transient failure or when `wait_limit` seconds pass first."""
         loop = asyncio.get_running_loop()
@@ -171,13 +194,436 @@ class Delivery:
                 pending, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                return QUEUED
+                return Outcome.QUEUED
             results = {future.result() for future in done}
-            if REFUSED in results:
-                return REFUSED
-            if QUEUED in results:
-                return QUEUED
-        return SENT
+            if Outcome.REFUSED in results:
+                return Outcome.REFUSED
+            if Outcome.QUEUED in results:
+                return Outcome.QUEUED
+        return Outcome.SENT
+
+
+class Webhooks:
+    """The bot's own webhooks, one per channel where it may use one, so that a post shows the
+    sender's username as its display name. Discord gives a webhook's token only to the bot
+    that made it: the bot finds its webhooks again after a restart, or makes new ones."""
+
+    def __init__(self, timing: Timing) -> None:
+        self.timing = timing
+        self.client: discord.Client | None = None  # the bridge's current client
+        self._webhooks: dict[int, discord.Webhook] = {}  # webhook id -> the bot's webhook
+        self._webhook_of: dict[int, int] = {}  # Discord channel id -> the webhook it posts with
+        self._channels: dict[int, int] = {}  # webhook id -> its Discord channel id
+        self._refused_until: dict[int, float] = {}  # channel id -> loop time (refused)
+
+    def logged_in(self) -> None:
+        """A client logged in: webhooks bound to an earlier client's HTTP session are found
+        again when needed."""
+        self._webhooks.clear()
+        self._webhook_of.clear()
+
+    def channel_of(self, webhook_id: int, default: Any = None) -> Any:
+        """The Discord channel a webhook of the bot posts in (`default` if not known)."""
+        return self._channels.get(webhook_id, default)
+
+    def may_use(self, channel_id: int) -> bool:
+        """The bot has Manage Webhooks in the channel (roles and the channel's overwrites,
+        as the guild cache has them; False while the guild is not known)."""
+        channel = self.client.get_channel(channel_id) if self.client else None
+        if not isinstance(channel, discord.TextChannel):
+            return False
+        me = channel.guild.me
+        return me is not None and channel.permissions_for(me).manage_webhooks
+
+    async def post(self, channel_id: int, row: db.Row) -> tuple[int, int, int, bool] | None:
+        """Post a row with the sender's display name: (channel id, message id, webhook id,
+        True). None when the row has no name Discord takes as one, the bot may not use a
+        webhook there, or the webhook refused this post (then the bot posts it). A webhook
+        deleted on Discord is forgotten and replaced once."""
+        if row["username"] is None or not webhook_username_ok(row["username"]):
+            return None
+        for _ in range(2):
+            webhook = await self._for_channel(channel_id)
+            if webhook is None:
+                return None
+            try:
+                sent = await webhook.send(
+                    webhook_text(row),
+                    username=row["username"],
+                    allowed_mentions=NO_MENTIONS,
+                    wait=True,
+                )
+            except discord.HTTPException as exc:
+                if not permanent(exc):
+                    raise
+                if exc.status in (401, 404):  # the webhook was deleted: find or make another
+                    self._forget(webhook.id)
+                    continue
+                log.warning("webhook post refused in %s (%s): the bot posts it", channel_id, exc)
+                return None
+            return channel_id, sent.id, webhook.id, True
+        return None
+
+    async def edit(self, row: db.Row) -> None:
+        """Give a copy the webhook `row["webhook_id"]` posted the row's text."""
+        channel_id, webhook_id = row["discord_channel_id"], row["webhook_id"]
+        webhook = await self._by_id(channel_id, webhook_id)
+        if webhook is None:
+            raise Gone(f"webhook {webhook_id} of channel {channel_id} is gone")
+        try:
+            await webhook.edit_message(
+                row["discord_message_id"], content=webhook_text(row), allowed_mentions=NO_MENTIONS
+            )
+        except discord.NotFound as exc:
+            if exc.code == 10015:  # Unknown Webhook
+                self._forget(webhook.id)
+            raise
+
+    async def delete(self, row: db.Row) -> bool:
+        """Delete a copy the webhook `row["webhook_id"]` posted (True also when it is already
+        gone); False when that webhook is gone: then the bot deletes it (Manage Messages)."""
+        webhook = await self._by_id(row["discord_channel_id"], row["webhook_id"])
+        if webhook is None:
+            return False
+        try:
+            await webhook.delete_message(row["discord_message_id"])
+        except discord.NotFound as exc:
+            if exc.code != 10015:  # Unknown Message: already gone
+                return True
+            self._forget(webhook.id)
+            return False
+        return True
+
+    async def _for_channel(self, channel_id: int) -> discord.Webhook | None:
+        """The bot's webhook for posts in the channel: an existing one it owns, else one it
+        creates, remembered; None without the permission, or while Discord refuses."""
+        if not self.may_use(channel_id):
+            return None
+        webhook_id = self._webhook_of.get(channel_id)
+        if webhook_id is not None and webhook_id in self._webhooks:
+            return self._webhooks[webhook_id]
+        loop = asyncio.get_running_loop()
+        if self._refused_until.get(channel_id, 0.0) > loop.time():
+            return None
+        assert self.client is not None
+        try:
+            webhook = await self._find(channel_id)
+            if webhook is None:
+                data = await self.client.http.create_webhook(
+                    channel_id, name=WEBHOOK_NAME, reason="Button API: display names"
+                )
+                webhook = self._remember(channel_id, data)
+        except discord.HTTPException as exc:
+            if not permanent(exc):
+                raise
+            log.warning("no webhook in channel %s (%s): the bot posts itself", channel_id, exc)
+            self._refused_until[channel_id] = loop.time() + self.timing.webhook_retry
+            return None
+        self._webhook_of[channel_id] = webhook.id
+        return webhook
+
+    async def _by_id(self, channel_id: int, webhook_id: int) -> discord.Webhook | None:
+        """The bot's webhook that posted a copy; None if it is gone (or cannot be listed)."""
+        if webhook_id in self._webhooks:
+            return self._webhooks[webhook_id]
+        try:
+            return await self._find(channel_id, webhook_id)
+        except discord.HTTPException as exc:
+            if not permanent(exc):
+                raise
+            return None
+
+    async def _find(self, channel_id: int, webhook_id: int | None = None) -> discord.Webhook | None:
+        """A webhook of the channel that the bot made (Discord gives its token only to the
+        bot that made it), the one with `webhook_id` if given."""
+        assert self.client is not None
+        me = str(_user_id(self.client))
+        for data in await self.client.http.channel_webhooks(channel_id):
+            owner = (data.get("user") or {}).get("id")
+            if data.get("token") and str(owner) == me:
+                if webhook_id is None or int(data["id"]) == webhook_id:
+                    return self._remember(channel_id, data)
+        return None
+
+    def _remember(self, channel_id: int, data: Any) -> discord.Webhook:
+        webhook = discord.Webhook.partial(int(data["id"]), data["token"], client=self.client)
+        self._webhooks[webhook.id] = webhook
+        self._channels[webhook.id] = channel_id
+        return webhook
+
+    def _forget(self, webhook_id: int) -> None:
+        self._webhooks.pop(webhook_id, None)
+        channel_id = self._channels.get(webhook_id)
+        if channel_id is not None and self._webhook_of.get(channel_id) == webhook_id:
+            del self._webhook_of[channel_id]
+
+
+class Outbox:
+    """Delivery of the committed outbox rows: one worker task per destination works through
+    its rows in order, so a destination that fails or hangs never delays another. Every
+    attempt's outcome is committed (db.outbox_*) before anyone hears of it; a transient
+    failure is retried with backoff, and no attempt comes before a 429's hold is over.
+
+    `bridged_channel(name)` resolves rows planned under a channel name (`name:<name>`)."""
+
+    def __init__(
+        self, database: db.Database, timing: Timing, bridged_channel: Callable[[str], int | None]
+    ) -> None:
+        self.database = database
+        self.timing = timing
+        self.bridged_channel = bridged_channel
+        self.webhooks = Webhooks(timing)
+        self.client: discord.Client | None = None  # the bridge's current client
+        self._online = asyncio.Event()  # logged in: REST works (the gateway need not)
+        self._guild_seen = asyncio.Event()  # channel names can be resolved
+        self._closing = False
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._holds: dict[Any, float] = {}  # key -> loop time before which nothing is sent
+        self._dm_channels: dict[int, int] = {}  # Discord user id -> DM channel id
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- driven by the Bridge -----------------------------------------------------------------
+
+    def use(self, client: discord.Client) -> None:
+        """The bridge made a new client: every attempt from now on goes through it."""
+        self.client = self.webhooks.client = client
+
+    async def resume(self) -> None:
+        """The client logged in: deliver again, starting every destination with work left."""
+        self.webhooks.logged_in()
+        self._online.set()
+        for dest in await db.outbox_dests(self.database):
+            self.kick(dest)
+
+    def pause(self) -> None:
+        """The client stopped: no attempt until the next one has logged in."""
+        self._online.clear()
+
+    def guild_seen(self) -> None:
+        """The guild's channels are known: rows planned under a channel name can go."""
+        self._guild_seen.set()
+
+    def kick(self, dest: str) -> None:
+        """`dest` has committed work: wake its worker (or start one)."""
+        if self._closing:
+            return
+        self._wakes.setdefault(dest, asyncio.Event()).set()
+        if dest not in self._workers:
+            self._workers[dest] = asyncio.create_task(self._work(dest), name=f"outbox {dest}")
+
+    @contextlib.contextmanager
+    def watch(self, rows: list[db.Row]) -> Iterator[Delivery]:
+        """Follow the first attempt of each row (register before the rows are committed)."""
+        loop = asyncio.get_running_loop()
+        futures = {row["nonce"]: loop.create_future() for row in rows}
+        self._waiters.update(futures)
+        try:
+            yield Delivery(list(futures.values()), self.timing.send_wait)
+        finally:
+            for nonce in futures:
+                self._waiters.pop(nonce, None)
+
+    def message_deleted(self, message_id: int) -> None:
+        """Wake the destinations that have a copy of the message to delete."""
+        if self._closing:
+            return  # a kick would do nothing now
+        task = asyncio.create_task(self._kick_deletions(message_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop every worker; an attempt in flight stays in the outbox (retried with the same
+        nonce after a restart). Whoever watches a first attempt hears QUEUED."""
+        self._closing = True
+        tasks = [*self._workers.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_result(Outcome.QUEUED)
+
+    async def _kick_deletions(self, message_id: int) -> None:
+        for dest in await db.outbox_dests_of_message(self.database, message_id):
+            self.kick(dest)
+
+    def _resolve(self, nonces: Iterable[str], outcome: Outcome) -> None:
+        for nonce in nonces:
+            future = self._waiters.get(nonce)
+            if future is not None and not future.done():
+                future.set_result(outcome)
+
+    # --- one worker per destination -----------------------------------------------------------
+
+    async def _work(self, dest: str) -> None:
+        """Deliver `dest`'s rows in order; exit when none is left (a kick starts it again)."""
+        wake = self._wakes[dest]
+        try:
+            while True:
+                await self._online.wait()
+                wake.clear()
+                row = await db.outbox_next(self.database, dest)
+                if row is None:
+                    if wake.is_set():
+                        continue
+                    return  # no await between this check and leaving _workers
+                if dest.startswith("name:"):
+                    await self._guild_seen.wait()
+                    await self._resolve_name(dest)
+                    continue
+                delay = self._delay(row)
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), delay)
+                    continue  # re-read: the row may have been deleted meanwhile
+                await self._attempt(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database is closing, or a bug: logged, the rows stay
+            log.exception("the outbox worker for %s stopped", dest)
+        finally:
+            self._workers.pop(dest, None)
+
+    async def _resolve_name(self, dest: str) -> None:
+        channel_id = self.bridged_channel(dest.removeprefix("name:"))
+        if channel_id is None:
+            await db.outbox_drop(self.database, dest)  # not bridged: nothing to mirror
+            return
+        await db.outbox_redirect(self.database, dest, f"channel:{channel_id}")
+        self.kick(f"channel:{channel_id}")
+
+    # --- rate limits ----------------------------------------------------------------------------
+
+    def _hold_key(self, row: db.Row) -> Any:
+        """The rate-limit key of the route `row` uses next."""
+        if row["discord_channel_id"] is not None:
+            return row["discord_channel_id"]
+        if row["dest"].startswith("channel:"):
+            return int(row["dest"].removeprefix("channel:"))
+        return self._dm_channels.get(int(row["dest"].removeprefix("user:")), DM_CREATE)
+
+    def _delay(self, row: db.Row) -> float:
+        """Seconds until `row` may be tried: its backoff and every rate limit it is under."""
+        now = asyncio.get_running_loop().time()
+        holds = [
+            self._holds.get(GLOBAL, 0.0) - now,
+            self._holds.get(self._hold_key(row), 0.0) - now,
+        ]
+        return max(row["not_before"] - time.time(), *holds)
+
+    async def request_ended(
+        self, _session: aiohttp.ClientSession, _ctx: Any, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        """Every 429 discord.py receives holds its route for the time Discord asked, so no
+        attempt comes sooner, even when our timeout cut discord.py's own wait short."""
+        response = params.response
+        if response.status != 429:
+            return
+        headers = response.headers
+        seconds = 1.0
+        for name in ("Retry-After", "X-RateLimit-Reset-After"):
+            with contextlib.suppress(TypeError, ValueError):
+                seconds = max(seconds, float(headers.get(name)))
+        if headers.get("X-RateLimit-Global", "").lower() == "true":
+            key: Any = GLOBAL
+        elif match := _CHANNEL_PATH.search(params.url.path):
+            key = int(match[1])
+        elif match := _WEBHOOK_PATH.search(params.url.path):  # a webhook holds its channel
+            key = self.webhooks.channel_of(int(match[1]), f"webhook:{match[1]}")
+        elif params.url.path.endswith("/users/@me/channels"):
+            key = DM_CREATE
+        else:
+            key = params.url.path  # a route the outbox does not use
+        self._hold(key, seconds)
+
+    def _hold(self, key: Any, seconds: float) -> None:
+        until = asyncio.get_running_loop().time() + seconds
+        self._holds[key] = max(self._holds.get(key, 0.0), until)
+
+    # --- one attempt ----------------------------------------------------------------------------
+
+    async def _attempt(self, row: db.Row) -> None:
+        """One attempt at one row; the outcome is committed before anyone hears of it."""
+        try:
+            async with asyncio.timeout(self.timing.attempt_timeout):
+                if row["state"] == OutboxState.POST:
+                    posted = await self._post(row)
+                elif row["state"] == OutboxState.EDIT:
+                    await self._edit(row)
+                else:
+                    await self._delete(row)
+        except Exception as exc:
+            await self._failed(row, exc)
+            return
+        if row["state"] == OutboxState.POST:
+            await db.outbox_posted(self.database, row, *posted)
+            self._resolve([row["nonce"]], Outcome.SENT)
+        elif row["state"] == OutboxState.EDIT:
+            await db.outbox_edited(self.database, row)
+        else:
+            await db.outbox_done(self.database, row["id"])
+
+    async def _post(self, row: db.Row) -> tuple[int, int, int | None, bool]:
+        """Post a row: (Discord channel id, message id, webhook id or None, whether Discord's
+        copy has the row's text: a nonce seen before returns the copy made then)."""
+        assert self.client is not None
+        dest = row["dest"]
+        if dest.startswith("user:"):
+            user_id = int(dest.removeprefix("user:"))
+            channel: Any = await self.client.create_dm(discord.Object(id=user_id))
+            self._dm_channels[user_id] = channel.id
+        else:
+            channel_id = int(dest.removeprefix("channel:"))
+            posted = await self.webhooks.post(channel_id, row)
+            if posted is not None:
+                return posted
+            channel = self.client.get_partial_messageable(channel_id)
+        sent = await channel.send(row["content"], nonce=row["nonce"], allowed_mentions=NO_MENTIONS)
+        return channel.id, sent.id, None, sent.content == row["content"]
+
+    async def _edit(self, row: db.Row) -> None:
+        """Give a copy on Discord the row's text, through whoever posted it."""
+        assert self.client is not None
+        if row["webhook_id"] is not None:
+            await self.webhooks.edit(row)
+            return
+        channel = self.client.get_partial_messageable(row["discord_channel_id"])
+        message = channel.get_partial_message(row["discord_message_id"])
+        await message.edit(content=row["content"], allowed_mentions=NO_MENTIONS)
+
+    async def _delete(self, row: db.Row) -> None:
+        """Delete a copy on Discord (through the webhook that posted it, if one did)."""
+        assert self.client is not None
+        with contextlib.suppress(discord.NotFound):  # already gone on Discord
+            if row["webhook_id"] is not None and await self.webhooks.delete(row):
+                return
+            # The bot's own post (or a webhook's, without its webhook: Manage Messages).
+            await self.client.http.delete_message(
+                row["discord_channel_id"], row["discord_message_id"]
+            )
+
+    async def _failed(self, row: db.Row, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        if permanent(exc):
+            log.warning("Discord refused outbox row %s for good: %s", row["id"], error)
+            nonces = await db.outbox_refused(self.database, row, error)
+            self._resolve(nonces, Outcome.REFUSED)
+            return
+        if isinstance(exc, discord.RateLimited):
+            self._hold(self._hold_key(row), exc.retry_after)
+        elif not isinstance(
+            exc, discord.HTTPException | TimeoutError | OSError | aiohttp.ClientError
+        ):
+            log.error("outbox row %s failed unexpectedly", row["id"], exc_info=exc)
+        attempts = row["attempts"] + 1
+        delay = self.timing.retry_delay(attempts)
+        if isinstance(exc, discord.RateLimited):
+            delay = max(delay, exc.retry_after)
+        log.info("outbox row %s: %s; retry %d in %.1fs", row["id"], error, attempts, delay)
+        await db.outbox_retry(self.database, row["id"], time.time() + delay, error)
+        self._resolve([row["nonce"]], Outcome.QUEUED)
 
 
 class _Client(discord.Client):
@@ -190,7 +636,7 @@ class _Client(discord.Client):
         intents.dm_messages = True
         intents.message_content = True  # privileged: enabled in the developer portal
         trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(bridge._request_ended)
+        trace.on_request_end.append(bridge.outbox.request_ended)
         super().__init__(
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
@@ -202,23 +648,24 @@ class _Client(discord.Client):
         self.bridge = bridge
 
     async def setup_hook(self) -> None:
-        await self.bridge._logged_in(self)
+        await self.bridge.logged_in(self)
 
     async def on_ready(self) -> None:
-        self.bridge._connection_changed(self, True)
+        self.bridge.connection_changed(self, True)
 
     async def on_resumed(self) -> None:
-        self.bridge._connection_changed(self, True)
+        self.bridge.connection_changed(self, True)
 
     async def on_disconnect(self) -> None:
-        self.bridge._connection_changed(self, False)
+        self.bridge.connection_changed(self, False)
 
     async def on_message(self, message: discord.Message) -> None:
-        self.bridge._inbound.put_nowait(message)  # one queue keeps Discord's order
+        self.bridge.received(message)
 
 
 class Bridge:
-    """The Discord bridge: client, outbox workers and inbound handling.
+    """The Discord bridge: the client, its lifecycle and inbound messages; planning for the
+    Outbox, which delivers.
 
     Use as `async with Bridge(...)`; without a token it is disabled and plans nothing."""
 
@@ -242,24 +689,13 @@ class Bridge:
         self.api_base = api_base
         self.gateway_url = gateway_url
         self.timing = timing or Timing()
+        self.outbox = Outbox(database, self.timing, self.bridged_channel)
         self.client: _Client | None = None
         self.ever_ready = False
         self._connected = False
         self._closing = False
-        self._online = asyncio.Event()  # logged in: REST works (the gateway need not)
-        self._guild_seen = asyncio.Event()
         self._channels: list[tuple[int, str]] | None = None  # last known (id, name), in order
         self._inbound: asyncio.Queue[discord.Message] = asyncio.Queue()
-        self._workers: dict[str, asyncio.Task[None]] = {}
-        self._wakes: dict[str, asyncio.Event] = {}
-        self._waiters: dict[str, asyncio.Future[str]] = {}
-        self._holds: dict[Any, float] = {}  # key -> loop time before which nothing is sent
-        self._dm_channels: dict[int, int] = {}  # Discord user id -> DM channel id
-        self._webhooks: dict[int, discord.Webhook] = {}  # webhook id -> the bot's webhook
-        self._webhook_of: dict[int, int] = {}  # Discord channel id -> the webhook it posts with
-        self._webhook_channels: dict[int, int] = {}  # webhook id -> its Discord channel id
-        self._no_webhook_until: dict[int, float] = {}  # channel id -> loop time (refused)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._saved_urls: tuple[str, yarl.URL] | None = None
@@ -284,7 +720,7 @@ class Bridge:
 
     async def __aenter__(self) -> Bridge:
         if self.enabled:
-            self._point_discord_py()
+            self._saved_urls = point_discord_py(self.api_base, self.gateway_url)
             self._consumer = asyncio.create_task(self._consume(), name="discord-inbound")
             self._runner = asyncio.create_task(self._run(), name="discord-client")
         return self
@@ -293,13 +729,7 @@ class Bridge:
         if not self.enabled:
             return
         self._closing = True
-        workers = list(self._workers.values())
-        for task in workers:  # an attempt in flight stays in the outbox: retried, same nonce
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        for future in self._waiters.values():
-            if not future.done():
-                future.set_result(QUEUED)
+        await self.outbox.close()
         if self.client is not None:
             await self.client.close()  # closes the gateway cleanly
         if self._runner is not None:
@@ -309,31 +739,11 @@ class Bridge:
             await asyncio.gather(self._runner, return_exceptions=True)
         with contextlib.suppress(TimeoutError):  # store what Discord had already sent us
             await asyncio.wait_for(self._inbound.join(), 5)
-        tasks = [self._consumer, *self._tasks] if self._consumer else list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._restore_discord_py()
-
-    def _point_discord_py(self) -> None:
-        # discord.py keeps its REST base and gateway URL in two class attributes; pointing them
-        # at DISCORD_API_BASE / DISCORD_GATEWAY_URL is how the bot reaches a Discord-compatible
-        # server (the tests' fake). They are process-global, so the old values are restored
-        # when the bridge stops.
-        self._saved_urls = (
-            discord.http.Route.BASE,
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
-        )
-        if self.api_base:
-            discord.http.Route.BASE = self.api_base.rstrip("/")
-        if self.gateway_url:
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
-
-    def _restore_discord_py(self) -> None:
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
         if self._saved_urls is not None:
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = (
-                self._saved_urls
-            )
+            restore_discord_py(self._saved_urls)
 
     async def _run(self) -> None:
         """Run the client; discord.py reconnects the gateway itself. If it stops anyway
@@ -341,6 +751,7 @@ class Bridge:
         failures = 0
         while not self._closing:
             client = self.client = _Client(self)
+            self.outbox.use(client)
             try:
                 await client.start(self.token)
                 return  # closed by __aexit__
@@ -354,30 +765,33 @@ class Bridge:
                 failures += 1
                 log.exception("the Discord client stopped; starting again")
             finally:
-                self._online.clear()
+                self.outbox.pause()
                 self._connected = False
                 await client.close()
             await asyncio.sleep(self.timing.retry_delay(failures))
 
-    async def _logged_in(self, client: _Client) -> None:
-        """setup_hook: REST works from here; resume every destination with work left."""
+    # --- the client's events -----------------------------------------------------------------
+
+    async def logged_in(self, client: _Client) -> None:
+        """setup_hook: REST works from here; the outbox resumes every destination."""
         if self.api_base and not self.gateway_url:  # a custom REST base names its gateway
             _shards, url, _limits = await client.http.get_bot_gateway()
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
-        self._webhooks.clear()  # bound to an earlier client's HTTP session: found again
-        self._webhook_of.clear()
-        self._online.set()
-        for dest in await db.outbox_dests(self.database):
-            self._kick(dest)
+        await self.outbox.resume()
 
-    def _connection_changed(self, client: _Client, connected: bool) -> None:
+    def connection_changed(self, client: _Client, connected: bool) -> None:
+        """The gateway is ready (or resumed), or it disconnected."""
         if client is not self.client:
             return
         self._connected = connected
         if connected:
             self.ever_ready = True
             if self._text_channels() is not None:
-                self._guild_seen.set()
+                self.outbox.guild_seen()
+
+    def received(self, message: discord.Message) -> None:
+        """A message from Discord; one queue keeps Discord's order."""
+        self._inbound.put_nowait(message)
 
     # --- which Discord channel is bridged --------------------------------------------------
 
@@ -446,344 +860,22 @@ class Bridge:
     def kick(self, rows: Iterable[db.Row]) -> None:
         """Committed rows are waiting: wake their destinations' workers."""
         for dest in {row["dest"] for row in rows}:
-            self._kick(dest)
+            self.outbox.kick(dest)
 
-    @contextlib.contextmanager
-    def watch(self, rows: list[db.Row]) -> Iterator[Delivery]:
+    def watch(self, rows: list[db.Row]) -> contextlib.AbstractContextManager[Delivery]:
         """Follow the first attempt of each row (register before the rows are committed)."""
-        loop = asyncio.get_running_loop()
-        futures = {row["nonce"]: loop.create_future() for row in rows}
-        self._waiters.update(futures)
-        try:
-            yield Delivery(list(futures.values()), self.timing.send_wait)
-        finally:
-            for nonce in futures:
-                self._waiters.pop(nonce, None)
+        return self.outbox.watch(rows)
 
     def message_edited(self, dests: Iterable[str]) -> None:
         """db.edit_message replanned the message's copies: wake their destinations."""
         if self.enabled:
             for dest in dests:
-                self._kick(dest)
+                self.outbox.kick(dest)
 
     def message_deleted(self, message_id: int) -> None:
         """The message is gone (db.delete_message queued its Discord copies' deletion)."""
         if self.enabled:
-            self._spawn(self._kick_deletions(message_id))
-
-    async def _kick_deletions(self, message_id: int) -> None:
-        for dest in await db.outbox_dests_of_message(self.database, message_id):
-            self._kick(dest)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _resolve(self, nonces: Iterable[str], outcome: str) -> None:
-        for nonce in nonces:
-            future = self._waiters.get(nonce)
-            if future is not None and not future.done():
-                future.set_result(outcome)
-
-    # --- outbound: one worker per destination -----------------------------------------------
-
-    def _kick(self, dest: str) -> None:
-        if self._closing:
-            return
-        self._wakes.setdefault(dest, asyncio.Event()).set()
-        if dest not in self._workers:
-            self._workers[dest] = asyncio.create_task(self._work(dest), name=f"outbox {dest}")
-
-    async def _work(self, dest: str) -> None:
-        """Deliver `dest`'s rows in order; exit when none is left (a kick starts it again)."""
-        wake = self._wakes[dest]
-        try:
-            while True:
-                await self._online.wait()
-                wake.clear()
-                row = await db.outbox_next(self.database, dest)
-                if row is None:
-                    if wake.is_set():
-                        continue
-                    return  # no await between this check and leaving _workers
-                if dest.startswith("name:"):
-                    await self._guild_seen.wait()
-                    await self._resolve_name(dest)
-                    continue
-                delay = self._delay(row)
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), delay)
-                    continue  # re-read: the row may have been deleted meanwhile
-                await self._attempt(row)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the database is closing, or a bug: logged, the rows stay
-            log.exception("the outbox worker for %s stopped", dest)
-        finally:
-            self._workers.pop(dest, None)
-
-    async def _resolve_name(self, dest: str) -> None:
-        channel_id = self.bridged_channel(dest.removeprefix("name:"))
-        if channel_id is None:
-            await db.outbox_drop(self.database, dest)  # not bridged: nothing to mirror
-            return
-        await db.outbox_redirect(self.database, dest, f"channel:{channel_id}")
-        self._kick(f"channel:{channel_id}")
-
-    def _hold_key(self, row: db.Row) -> Any:
-        """The rate-limit key of the route `row` uses next."""
-        if row["discord_channel_id"] is not None:
-            return row["discord_channel_id"]
-        if row["dest"].startswith("channel:"):
-            return int(row["dest"].removeprefix("channel:"))
-        return self._dm_channels.get(int(row["dest"].removeprefix("user:")), DM_CREATE)
-
-    def _delay(self, row: db.Row) -> float:
-        """Seconds until `row` may be tried: its backoff and every rate limit it is under."""
-        now = asyncio.get_running_loop().time()
-        holds = [
-            self._holds.get(GLOBAL, 0.0) - now,
-            self._holds.get(self._hold_key(row), 0.0) - now,
-        ]
-        return max(row["not_before"] - time.time(), *holds)
-
-    async def _request_ended(
-        self, _session: aiohttp.ClientSession, _ctx: Any, params: aiohttp.TraceRequestEndParams
-    ) -> None:
-        """Every 429 discord.py receives holds its route for the time Discord asked, so no
-        attempt comes sooner, even when our timeout cut discord.py's own wait short."""
-        response = params.response
-        if response.status != 429:
-            return
-        headers = response.headers
-        seconds = 1.0
-        for name in ("Retry-After", "X-RateLimit-Reset-After"):
-            with contextlib.suppress(TypeError, ValueError):
-                seconds = max(seconds, float(headers.get(name)))
-        if headers.get("X-RateLimit-Global", "").lower() == "true":
-            key: Any = GLOBAL
-        elif match := _CHANNEL_PATH.search(params.url.path):
-            key = int(match[1])
-        elif match := _WEBHOOK_PATH.search(params.url.path):  # a webhook holds its channel
-            key = self._webhook_channels.get(int(match[1]), f"webhook:{match[1]}")
-        elif params.url.path.endswith("/users/@me/channels"):
-            key = DM_CREATE
-        else:
-            key = params.url.path  # a route the outbox does not use
-        self._hold(key, seconds)
-
-    def _hold(self, key: Any, seconds: float) -> None:
-        until = asyncio.get_running_loop().time() + seconds
-        self._holds[key] = max(self._holds.get(key, 0.0), until)
-
-    async def _attempt(self, row: db.Row) -> None:
-        """One attempt at one row; the outcome is committed before anyone hears of it."""
-        try:
-            async with asyncio.timeout(self.timing.attempt_timeout):
-                if row["state"] == POST:
-                    posted = await self._post(row)
-                elif row["state"] == EDIT:
-                    await self._edit(row)
-                else:
-                    await self._delete(row)
-        except Exception as exc:
-            await self._failed(row, exc)
-            return
-        if row["state"] == POST:
-            await db.outbox_posted(self.database, row, *posted)
-            self._resolve([row["nonce"]], SENT)
-        elif row["state"] == EDIT:
-            await db.outbox_edited(self.database, row)
-        else:
-            await db.outbox_done(self.database, row["id"])
-
-    async def _post(self, row: db.Row) -> tuple[int, int, int | None, bool]:
-        """Post a row: (Discord channel id, message id, webhook id or None, whether Discord's
-        copy has the row's text: a nonce seen before returns the copy made then)."""
-        assert self.client is not None
-        dest = row["dest"]
-        if dest.startswith("user:"):
-            user_id = int(dest.removeprefix("user:"))
-            channel: Any = await self.client.create_dm(discord.Object(id=user_id))
-            self._dm_channels[user_id] = channel.id
-        else:
-            channel_id = int(dest.removeprefix("channel:"))
-            if row["username"] is not None and webhook_username_ok(row["username"]):
-                posted = await self._post_through_webhook(channel_id, row)
-                if posted is not None:
-                    return posted
-            channel = self.client.get_partial_messageable(channel_id)
-        sent = await channel.send(row["content"], nonce=row["nonce"], allowed_mentions=NO_MENTIONS)
-        return channel.id, sent.id, None, sent.content == row["content"]
-
-    async def _post_through_webhook(
-        self, channel_id: int, row: db.Row
-    ) -> tuple[int, int, int, bool] | None:
-        """Post a row with the sender's display name; None when the bot may not use a
-        webhook there, or the webhook refused this post (then the bot posts it). A webhook
-        deleted on Discord is forgotten and replaced once."""
-        for _ in range(2):
-            webhook = await self._channel_webhook(channel_id)
-            if webhook is None:
-                return None
-            try:
-                sent = await webhook.send(
-                    webhook_text(row),
-                    username=row["username"],
-                    allowed_mentions=NO_MENTIONS,
-                    wait=True,
-                )
-            except discord.HTTPException as exc:
-                if not permanent(exc):
-                    raise
-                if exc.status in (401, 404):  # the webhook was deleted: find or make another
-                    self._forget_webhook(webhook.id)
-                    continue
-                log.warning("webhook post refused in %s (%s): the bot posts it", channel_id, exc)
-                return None
-            return channel_id, sent.id, webhook.id, True
-        return None
-
-    async def _edit(self, row: db.Row) -> None:
-        """Give a copy on Discord the row's text, through whoever posted it."""
-        assert self.client is not None
-        channel_id, message_id = row["discord_channel_id"], row["discord_message_id"]
-        if row["webhook_id"] is None:
-            message = self.client.get_partial_messageable(channel_id).get_partial_message(
-                message_id
-            )
-            await message.edit(content=row["content"], allowed_mentions=NO_MENTIONS)
-            return
-        webhook = await self._webhook_by_id(channel_id, row["webhook_id"])
-        if webhook is None:
-            raise Gone(f"webhook {row['webhook_id']} of channel {channel_id} is gone")
-        try:
-            await webhook.edit_message(
-                message_id, content=webhook_text(row), allowed_mentions=NO_MENTIONS
-            )
-        except discord.NotFound as exc:
-            if exc.code == 10015:  # Unknown Webhook
-                self._forget_webhook(webhook.id)
-            raise
-
-    async def _delete(self, row: db.Row) -> None:
-        """Delete a copy on Discord (through the webhook that posted it, if one did)."""
-        assert self.client is not None
-        channel_id, message_id = row["discord_channel_id"], row["discord_message_id"]
-        try:
-            if row["webhook_id"] is not None:
-                webhook = await self._webhook_by_id(channel_id, row["webhook_id"])
-                if webhook is not None:
-                    try:
-                        await webhook.delete_message(message_id)
-                        return
-                    except discord.NotFound as exc:
-                        if exc.code != 10015:  # Unknown Message: already gone
-                            return
-                        self._forget_webhook(webhook.id)
-            # The bot's own post (or a webhook's, without its webhook: Manage Messages).
-            await self.client.http.delete_message(channel_id, message_id)
-        except discord.NotFound:
-            pass  # already gone on Discord
-
-    # --- outbound: webhooks -----------------------------------------------------------------
-
-    def may_use_webhooks(self, channel_id: int) -> bool:
-        """The bot has Manage Webhooks in the channel (roles and the channel's overwrites,
-        as the guild cache has them; False while the guild is not known)."""
-        channel = self.client.get_channel(channel_id) if self.client else None
-        if not isinstance(channel, discord.TextChannel):
-            return False
-        me = channel.guild.me
-        return me is not None and channel.permissions_for(me).manage_webhooks
-
-    async def _channel_webhook(self, channel_id: int) -> discord.Webhook | None:
-        """The bot's webhook for posts in the channel: an existing one it owns, else one it
-        creates, remembered; None without the permission, or while Discord refuses."""
-        if not self.may_use_webhooks(channel_id):
-            return None
-        webhook_id = self._webhook_of.get(channel_id)
-        if webhook_id is not None and webhook_id in self._webhooks:
-            return self._webhooks[webhook_id]
-        loop = asyncio.get_running_loop()
-        if self._no_webhook_until.get(channel_id, 0.0) > loop.time():
-            return None
-        assert self.client is not None
-        try:
-            webhook = await self._find_webhook(channel_id)
-            if webhook is None:
-                data = await self.client.http.create_webhook(
-                    channel_id, name=WEBHOOK_NAME, reason="Button API: display names"
-                )
-                webhook = self._remember_webhook(channel_id, data)
-        except discord.HTTPException as exc:
-            if not permanent(exc):
-                raise
-            log.warning("no webhook in channel %s (%s): the bot posts itself", channel_id, exc)
-            self._no_webhook_until[channel_id] = loop.time() + self.timing.webhook_retry
-            return None
-        self._webhook_of[channel_id] = webhook.id
-        return webhook
-
-    async def _webhook_by_id(self, channel_id: int, webhook_id: int) -> discord.Webhook | None:
-        """The bot's webhook that posted a copy; None if it is gone (or cannot be listed)."""
-        if webhook_id in self._webhooks:
-            return self._webhooks[webhook_id]
-        try:
-            return await self._find_webhook(channel_id, webhook_id)
-        except discord.HTTPException as exc:
-            if not permanent(exc):
-                raise
-            return None
-
-    async def _find_webhook(
-        self, channel_id: int, webhook_id: int | None = None
-    ) -> discord.Webhook | None:
-        """A webhook of the channel that the bot made (Discord gives its token only to the
-        bot that made it), the one with `webhook_id` if given."""
-        assert self.client is not None
-        me = str(self._my_id())
-        for data in await self.client.http.channel_webhooks(channel_id):
-            owner = (data.get("user") or {}).get("id")
-            if data.get("token") and str(owner) == me:
-                if webhook_id is None or int(data["id"]) == webhook_id:
-                    return self._remember_webhook(channel_id, data)
-        return None
-
-    def _remember_webhook(self, channel_id: int, data: Any) -> discord.Webhook:
-        webhook = discord.Webhook.partial(int(data["id"]), data["token"], client=self.client)
-        self._webhooks[webhook.id] = webhook
-        self._webhook_channels[webhook.id] = channel_id
-        return webhook
-
-    def _forget_webhook(self, webhook_id: int) -> None:
-        self._webhooks.pop(webhook_id, None)
-        channel_id = self._webhook_channels.get(webhook_id)
-        if channel_id is not None and self._webhook_of.get(channel_id) == webhook_id:
-            del self._webhook_of[channel_id]
-
-    async def _failed(self, row: db.Row, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        if permanent(exc):
-            log.warning("Discord refused outbox row %s for good: %s", row["id"], error)
-            nonces = await db.outbox_refused(self.database, row, error)
-            self._resolve(nonces, REFUSED)
-            return
-        if isinstance(exc, discord.RateLimited):
-            self._hold(self._hold_key(row), exc.retry_after)
-        elif not isinstance(
-            exc, discord.HTTPException | TimeoutError | OSError | aiohttp.ClientError
-        ):
-            log.error("outbox row %s failed unexpectedly", row["id"], exc_info=exc)
-        attempts = row["attempts"] + 1
-        delay = self.timing.retry_delay(attempts)
-        if isinstance(exc, discord.RateLimited):
-            delay = max(delay, exc.retry_after)
-        log.info("outbox row %s: %s; retry %d in %.1fs", row["id"], error, attempts, delay)
-        await db.outbox_retry(self.database, row["id"], time.time() + delay, error)
-        self._resolve([row["nonce"]], QUEUED)
+            self.outbox.message_deleted(message_id)
 
     # --- inbound ------------------------------------------------------------------------------
 
@@ -800,7 +892,7 @@ class Bridge:
 
     async def _take_in(self, message: discord.Message) -> None:
         author = message.author
-        if author.bot or message.webhook_id is not None or author.id == self._my_id():
+        if author.bot or message.webhook_id is not None or author.id == _user_id(self.client):
             return  # the bot itself, other bots, webhooks: never taken in (no echo loop)
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins and other system messages
@@ -839,7 +931,3 @@ class Bridge:
         confirmation = plan(f"user:{author.id}", text)
         if await db.remember_discord_user(self.database, author.id, author.name, confirmation):
             self.kick(confirmation)
-
-    def _my_id(self) -> int | None:
-        user = self.client.user if self.client else None
-        return user.id if user else None

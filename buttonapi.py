@@ -1218,13 +1218,13 @@ async def senddcmsg(request: web.Request, body: dict[str, Any]) -> web.Response:
         else:
             bridge.kick(outbox)
             outcome = await delivery.outcome()
-    if outcome == bot.REFUSED and not new:
+    if outcome == db.Outcome.REFUSED and not new:
         raise ApiError(502, "Discord rejected the message!")
-    if outcome == bot.REFUSED:  # refused for good: nothing is kept
+    if outcome == db.Outcome.REFUSED:  # refused for good: nothing is kept
         await db.delete_message(database, message["id"])
         bridge.message_deleted(message["id"])
         raise ApiError(502, "Discord rejected the message!")
-    if outcome == bot.QUEUED:  # the outbox keeps trying, across restarts too
+    if outcome == db.Outcome.QUEUED:  # the outbox keeps trying, across restarts too
         return ok("Queued for Discord delivery!", 202, id=message["id"])
     return ok("Dm message sent!", id=message["id"])
 

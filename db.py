@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import heapq
 import itertools
 import json
@@ -755,9 +756,9 @@ async def edit_message(
         dests = []
         for dest in dict.fromkeys(row["dest"] for row in rows):
             mine = [r for r in rows if r["dest"] == dest]
-            if any(r["state"] == "failed" for r in mine):
+            if any(r["state"] == OutboxState.FAILED for r in mine):
                 continue
-            live = {r["part"]: r for r in mine if r["state"] in ("post", "posted", "edit")}
+            live = {r["part"]: r for r in mine if r["state"] in _OUTBOX_LIVE}
             planned = replan(dest, message["sender"], text)
             _outbox_replan(conn, message_id, dest, live, planned)
             dests.append(dest)
@@ -773,25 +774,25 @@ def _outbox_replan(
         row = live.pop(new["part"], None)
         if row is None:
             _outbox_insert(conn, message_id, [new])
-        elif row["state"] == "post":
+        elif row["state"] == OutboxState.POST:
             conn.execute(
                 "UPDATE discord_outbox SET content = ?, username = ? WHERE id = ?",
                 (new["content"], new["username"], row["id"]),
             )
         else:
             conn.execute(
-                "UPDATE discord_outbox SET state = 'edit', content = ?, username = ?,"
+                "UPDATE discord_outbox SET state = ?, content = ?, username = ?,"
                 " attempts = 0, not_before = 0, last_error = NULL WHERE id = ?",
-                (new["content"], new["username"], row["id"]),
+                (OutboxState.EDIT, new["content"], new["username"], row["id"]),
             )
     for row in live.values():  # parts the new text does not need
-        if row["state"] == "post":
+        if row["state"] == OutboxState.POST:
             conn.execute("DELETE FROM discord_outbox WHERE id = ?", (row["id"],))
         else:
             conn.execute(
-                "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
+                "UPDATE discord_outbox SET state = ?, content = NULL, attempts = 0,"
                 " not_before = 0, last_error = NULL WHERE id = ?",
-                (row["id"],),
+                (OutboxState.DELETE, row["id"]),
             )
 
 
@@ -893,9 +894,35 @@ async def has_dms(db: Database, user_id: int) -> bool:
 # (discord_users); bot.py is the only caller, apart from the two hooks in insert_message and
 # delete_message that keep a message and its Discord copies in one transaction.
 
+
+class OutboxState(enum.StrEnum):
+    """The state of an outbox row (schema.sql's CHECK lists the same words)."""
+
+    POST = "post"  # to be posted
+    POSTED = "posted"  # delivered: its Discord ids are kept, its text is not
+    EDIT = "edit"  # a delivered copy to be given the row's text
+    DELETE = "delete"  # a delivered copy to be deleted on Discord
+    FAILED = "failed"  # Discord refused it for good
+
+
+class Outcome(enum.StrEnum):
+    """How the delivery of a message stands (senddcmsg answers with it)."""
+
+    SENT = "sent"  # every post accepted
+    REFUSED = "refused"  # one refused for good
+    QUEUED = "queued"  # still trying
+
+
 OUTBOX_COLUMNS = (
     "id, message_id, part, dest, state, content, nonce, discord_channel_id,"
     " discord_message_id, attempts, not_before, username, webhook_id"
+)
+# A copy that is on Discord or is to be (not one that is being deleted, nor a refused post).
+_OUTBOX_LIVE = frozenset((OutboxState.POST, OutboxState.POSTED, OutboxState.EDIT))
+# The states with work left, spelt out in the SQL text rather than bound: SQLite uses the
+# partial index discord_outbox_due only for a query that repeats its WHERE term word for word.
+_WORK_LEFT = "state IN ({})".format(
+    ", ".join(f"'{state}'" for state in (OutboxState.POST, OutboxState.EDIT, OutboxState.DELETE))
 )
 
 
@@ -904,25 +931,26 @@ def _outbox_insert(conn: sqlite3.Connection, message_id: int | None, rows: Any) 
     created = now()
     conn.executemany(
         "INSERT INTO discord_outbox (message_id, part, dest, state, content, nonce, username,"
-        " created_at) VALUES (?, ?, ?, 'post', ?, ?, ?, ?)",
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (message_id, r["part"], r["dest"], r["content"], r["nonce"], r["username"], created)
+            (message_id, r["part"], r["dest"], OutboxState.POST, r["content"], r["nonce"],
+             r["username"], created)
             for r in rows
         ],
-    )
+    )  # fmt: skip
 
 
 def _outbox_message_deleted(conn: sqlite3.Connection, message_id: int) -> None:
     """The message is deleted: its delivered copies are to be deleted on Discord, the rest
     is dropped (waiting posts are never sent), and no copy of its text stays here."""
     conn.execute(
-        "UPDATE discord_outbox SET state = 'delete', content = NULL, attempts = 0,"
-        " not_before = 0, last_error = NULL WHERE message_id = ? AND state IN ('posted', 'edit')",
-        (message_id,),
+        "UPDATE discord_outbox SET state = ?, content = NULL, attempts = 0, not_before = 0,"
+        " last_error = NULL WHERE message_id = ? AND state IN (?, ?)",
+        (OutboxState.DELETE, message_id, OutboxState.POSTED, OutboxState.EDIT),
     )
     conn.execute(
-        "DELETE FROM discord_outbox WHERE message_id = ? AND state IN ('post', 'failed')",
-        (message_id,),
+        "DELETE FROM discord_outbox WHERE message_id = ? AND state IN (?, ?)",
+        (message_id, OutboxState.POST, OutboxState.FAILED),
     )
 
 
@@ -930,38 +958,35 @@ async def outbox_next(db: Database, dest: str) -> Row | None:
     """The oldest row of a destination that still has work (a post, an edit or a delete)."""
     return await db.fetch_one(
         f"SELECT {OUTBOX_COLUMNS} FROM discord_outbox"
-        " WHERE dest = ? AND state IN ('post', 'edit', 'delete') ORDER BY id LIMIT 1",
+        f" WHERE dest = ? AND {_WORK_LEFT} ORDER BY id LIMIT 1",
         (dest,),
     )
 
 
 async def outbox_dests(db: Database) -> list[str]:
     """Every destination with work left (at start: resume after a restart)."""
-    rows = await db.fetch_all(
-        "SELECT DISTINCT dest FROM discord_outbox WHERE state IN ('post', 'edit', 'delete')"
-    )
+    rows = await db.fetch_all(f"SELECT DISTINCT dest FROM discord_outbox WHERE {_WORK_LEFT}")
     return [row["dest"] for row in rows]
 
 
 async def outbox_dests_of_message(db: Database, message_id: int) -> list[str]:
     """The destinations with a copy of the message to delete."""
     rows = await db.fetch_all(
-        "SELECT dest FROM discord_outbox WHERE message_id = ? AND state = 'delete'",
-        (message_id,),
+        "SELECT dest FROM discord_outbox WHERE message_id = ? AND state = ?",
+        (message_id, OutboxState.DELETE),
     )
     return list(dict.fromkeys(row["dest"] for row in rows))
 
 
-async def outbox_outcome(db: Database, message_id: int) -> str:
-    """How a message's delivery stands: "sent" (every post accepted), "refused" (one refused
-    for good) or "queued" (still trying). Same words as bot.SENT, bot.REFUSED, bot.QUEUED."""
+async def outbox_outcome(db: Database, message_id: int) -> Outcome:
+    """How a message's delivery stands, from its rows."""
     rows = await db.fetch_all(
         "SELECT state FROM discord_outbox WHERE message_id = ?", (message_id,)
     )
     states = {row["state"] for row in rows}
-    if "failed" in states:
-        return "refused"
-    return "sent" if states <= {"posted", "edit"} else "queued"
+    if OutboxState.FAILED in states:
+        return Outcome.REFUSED
+    return Outcome.SENT if states <= {OutboxState.POSTED, OutboxState.EDIT} else Outcome.QUEUED
 
 
 async def outbox_posted(
@@ -981,30 +1006,32 @@ async def outbox_posted(
 
     def step(conn: sqlite3.Connection) -> bool:
         waiting = conn.execute(
-            "SELECT content FROM discord_outbox WHERE id = ? AND state = 'post'", (row["id"],)
+            "SELECT content FROM discord_outbox WHERE id = ? AND state = ?",
+            (row["id"], OutboxState.POST),
         ).fetchone()
         ids = (discord_channel_id, discord_message_id, webhook_id)
         if waiting is not None and current and waiting["content"] == row["content"]:
             conn.execute(
-                "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL,"
+                "UPDATE discord_outbox SET state = ?, content = NULL, last_error = NULL,"
                 " discord_channel_id = ?, discord_message_id = ?, webhook_id = ? WHERE id = ?",
-                (*ids, row["id"]),
+                (OutboxState.POSTED, *ids, row["id"]),
             )
             return True
         if waiting is not None:
             conn.execute(
-                "UPDATE discord_outbox SET state = 'edit', attempts = 0, not_before = 0,"
+                "UPDATE discord_outbox SET state = ?, attempts = 0, not_before = 0,"
                 " last_error = NULL, discord_channel_id = ?, discord_message_id = ?,"
                 " webhook_id = ? WHERE id = ?",
-                (*ids, row["id"]),
+                (OutboxState.EDIT, *ids, row["id"]),
             )
             return True
         conn.execute(
             "INSERT INTO discord_outbox (message_id, part, dest, state, nonce,"
             " discord_channel_id, discord_message_id, webhook_id, created_at)"
-            " VALUES (?, ?, ?, 'delete', ?, ?, ?, ?, ?)",
-            (row["message_id"], row["part"], row["dest"], row["nonce"], *ids, now()),
-        )
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row["message_id"], row["part"], row["dest"], OutboxState.DELETE, row["nonce"],
+             *ids, now()),
+        )  # fmt: skip
         return False
 
     return await db.write(step)
@@ -1016,9 +1043,9 @@ async def outbox_edited(db: Database, row: Row) -> None:
 
     def step(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = NULL"
-            " WHERE id = ? AND state = 'edit' AND content = ?",
-            (row["id"], row["content"]),
+            "UPDATE discord_outbox SET state = ?, content = NULL, last_error = NULL"
+            " WHERE id = ? AND state = ? AND content = ?",
+            (OutboxState.POSTED, row["id"], OutboxState.EDIT, row["content"]),
         )
 
     await db.write(step)
@@ -1052,31 +1079,30 @@ async def outbox_refused(db: Database, row: Row, error: str) -> list[str]:
     leaves the copy as it was (still known, so a deletion can reach it)."""
 
     def step(conn: sqlite3.Connection) -> list[str]:
-        if row["state"] == "edit":
+        if row["state"] == OutboxState.EDIT:
             conn.execute(
-                "UPDATE discord_outbox SET state = 'posted', content = NULL, last_error = ?"
-                " WHERE id = ? AND state = 'edit'",
-                (error, row["id"]),
+                "UPDATE discord_outbox SET state = ?, content = NULL, last_error = ?"
+                " WHERE id = ? AND state = ?",
+                (OutboxState.POSTED, error, row["id"], OutboxState.EDIT),
             )
             return []
-        if row["state"] != "post" or row["message_id"] is None:
+        if row["state"] != OutboxState.POST or row["message_id"] is None:
             conn.execute(
-                "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
-                " WHERE id = ?",
-                (error, row["id"]),
+                "UPDATE discord_outbox SET state = ?, content = NULL, last_error = ? WHERE id = ?",
+                (OutboxState.FAILED, error, row["id"]),
             )
-            return [row["nonce"]] if row["state"] == "post" else []
+            return [row["nonce"]] if row["state"] == OutboxState.POST else []
         nonces = [
             r["nonce"]
             for r in conn.execute(
-                "SELECT nonce FROM discord_outbox WHERE message_id = ? AND state = 'post'",
-                (row["message_id"],),
+                "SELECT nonce FROM discord_outbox WHERE message_id = ? AND state = ?",
+                (row["message_id"], OutboxState.POST),
             ).fetchall()
         ]
         conn.execute(
-            "UPDATE discord_outbox SET state = 'failed', content = NULL, last_error = ?"
-            " WHERE message_id = ? AND state = 'post'",
-            (error, row["message_id"]),
+            "UPDATE discord_outbox SET state = ?, content = NULL, last_error = ?"
+            " WHERE message_id = ? AND state = ?",
+            (OutboxState.FAILED, error, row["message_id"], OutboxState.POST),
         )
         return nonces
 
@@ -1088,9 +1114,8 @@ async def outbox_redirect(db: Database, old_dest: str, new_dest: str) -> None:
 
     def step(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "UPDATE discord_outbox SET dest = ? WHERE dest = ?"
-            " AND state IN ('post', 'edit', 'delete') AND state = 'post'",  # IN: the partial index
-            (new_dest, old_dest),
+            f"UPDATE discord_outbox SET dest = ? WHERE dest = ? AND {_WORK_LEFT} AND state = ?",
+            (new_dest, old_dest, OutboxState.POST),
         )
 
     await db.write(step)
@@ -1101,9 +1126,8 @@ async def outbox_drop(db: Database, dest: str) -> None:
 
     def step(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "DELETE FROM discord_outbox WHERE dest = ? AND state IN ('post', 'edit', 'delete')"
-            " AND state = 'post'",  # the IN: the partial index
-            (dest,),
+            f"DELETE FROM discord_outbox WHERE dest = ? AND {_WORK_LEFT} AND state = ?",
+            (dest, OutboxState.POST),
         )
 
     await db.write(step, scrub=True)
