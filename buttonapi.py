@@ -1,8 +1,9 @@
-"""Button API V3: the HTTP JSON API, the Socket.IO events and the entry point.
+"""Button API V3: configuration, the HTTP JSON API, the app factory and the entry point.
 
-One aiohttp application; python-socketio and the Discord bridge (bot.py) share its event loop.
-Every SQL statement lives in db.py. The contract is the user's API document plus SPEC.md:
-every status code and message text below is binding, quirks included.
+One aiohttp application; Socket.IO (realtime.py) and the Discord bridge (bot.py) share its
+event loop. Every SQL statement lives in db.py, every socket event in realtime.py. The
+contract is the user's API document plus SPEC.md: every status code and message text below
+is binding, quirks included.
 """
 
 from __future__ import annotations
@@ -24,18 +25,17 @@ import time
 import unicodedata
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import socketio
 from aiohttp import web
-from engineio import packet as eio_packet
-from socketio import packet as sio_packet
 
 import bot
 import db
+import realtime
 
 log = logging.getLogger("buttonapi")
 
@@ -107,9 +107,10 @@ db_key = web.AppKey("db_key", db.Database)
 sio_key = web.AppKey("sio_key", socketio.AsyncServer)
 hasher_key = web.AppKey("hasher_key", "PasswordHasher")
 limits_key = web.AppKey("limits_key", "Limits")
-transports_key = web.AppKey("transports_key", "OpenTransports")
-events_key = web.AppKey("events_key", "Events")
+transports_key = web.AppKey("transports_key", realtime.OpenTransports)
+events_key = web.AppKey("events_key", realtime.Events)
 bridge_key = web.AppKey("bridge_key", bot.Bridge)
+bridge_timing_key = web.AppKey("bridge_timing_key", bot.Timing)
 openapi_key = web.AppKey("openapi_key", bytes)
 
 OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
@@ -131,7 +132,6 @@ MESSAGE_NOT_FOUND = "Message not found!"
 BOT_NOT_CONNECTED = "Discord bot is not connected!"
 TOO_MANY_ATTEMPTS = "Too many attempts, try again later!"
 SENDING_TOO_FAST = "You are sending messages too fast!"
-TOO_MANY_SOCKETS = "Too many unauthenticated connections from your address!"
 TRANSPORT_ERRORS = {
     404: "Not found!",
     405: "Method not allowed!",
@@ -141,9 +141,7 @@ BAD_BODY = "Request body must be a JSON object!"
 INTERNAL_ERROR = "Internal server error!"
 
 MAX_BODY = 64 * 1024
-SOCKETS_CLOSE_TIMEOUT = 1  # seconds a shutdown waits for sockets to finish closing
 MAX_NONCE = 64  # characters of a send's idempotency nonce
-MAX_REPLAY = 1000  # messages replayed to a socket that reconnects with last_message_id
 MAX_MESSAGE = 2000
 MAX_CHANNEL_NAME = 100
 
@@ -224,45 +222,6 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if allow != "*":
             response.headers["Vary"] = "Origin"
     return response
-
-
-class OpenTransports:
-    """Engine.IO requests in flight (websockets and long-polls). A shutdown tells every
-    socket and waits a moment for them to end; once aiohttp's own shutdown starts, a
-    client's close reply is no longer read, so what is left is cut off (else each websocket
-    would wait out the whole shutdown timeout)."""
-
-    def __init__(self) -> None:
-        self.requests: dict[int, web.Request] = {}
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    @contextlib.contextmanager
-    def open(self, request: web.Request) -> Iterator[None]:
-        self.requests[id(request)] = request
-        self.idle.clear()
-        try:
-            yield
-        finally:
-            del self.requests[id(request)]
-            if not self.requests:
-                self.idle.set()
-
-    async def close(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SOCKETS_CLOSE_TIMEOUT):
-                await self.idle.wait()
-        for request in list(self.requests.values()):
-            if request.transport is not None:
-                request.transport.close()
-
-
-@web.middleware
-async def transports_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/socket.io"):
-        return await handler(request)
-    with request.app[transports_key].open(request):
-        return await handler(request)
 
 
 # --- validation -------------------------------------------------------------------------
@@ -565,229 +524,6 @@ class PasswordHasher:
         return await self._run(bcrypt.checkpw, self._prehash(password), hashed.encode("ascii"))
 
 
-# --- realtime events --------------------------------------------------------------------
-
-
-def user_room(user_id: int) -> str:
-    return f"user:{user_id}"
-
-
-def channel_room(channel_id: int) -> str:
-    return f"channel:{channel_id}"
-
-
-AUTHED_ROOM = "authed"  # every authenticated socket
-
-
-class Events:
-    """Socket.IO fan-out through rooms, off the HTTP response's path."""
-
-    def __init__(self, sio: socketio.AsyncServer) -> None:
-        self.sio = sio
-        self._tasks: set[asyncio.Task] = set()
-        self._holds = 0
-        self._released = asyncio.Event()
-        self._released.set()
-
-    def _track(self, task: asyncio.Task) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def emit(self, event: str, data: Any, room: str | list[str]) -> None:
-        """Queue an event; the HTTP response does not wait for slow clients."""
-        self._track(asyncio.create_task(self._emit(event, data, room)))
-
-    async def _emit(self, event: str, data: Any, room: str | list[str]) -> None:
-        if self._holds:  # a socket is being sent its replay: live events come after it
-            await self._released.wait()
-        # What AsyncServer.emit does for a room, less its task per socket (to 1000 sockets the
-        # tasks cost about a sixth of the fan-out): encode the packet once, then queue it to
-        # each socket in turn (an Engine.IO socket's queue never blocks).
-        packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
-        encoded = packet.encode()
-        if not isinstance(encoded, str):  # binary attachments: the library's own way
-            await self.sio.emit(event, data, to=room)
-            return
-        message = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        for _, eio_sid in self.sio.manager.get_participants("/", room):
-            await self.sio.eio.send_packet(eio_sid, message)
-
-    def hold(self) -> Callable[[], None]:
-        """Hold live events back (they queue, in order) until the returned release is called."""
-        self._holds += 1
-        self._released.clear()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._holds -= 1
-                if not self._holds:
-                    self._released.set()
-
-        return release
-
-    def greet(self, sid: str, greeting: list[tuple[str, Any]], release: Callable[[], None]) -> None:
-        """Send a socket its `ready` (and `replay`), then release the live events held back."""
-
-        async def send() -> None:
-            try:
-                for event, data in greeting:
-                    await self.sio.emit(event, data, to=sid)
-            finally:
-                release()
-
-        self._track(asyncio.create_task(send()))
-
-    def sids(self, room: str) -> list[str]:
-        return [sid for sid, _ in self.sio.manager.get_participants("/", room)]
-
-    async def join(self, user_id: int, room: str) -> None:
-        """Put every socket of a user into a room, from this moment on."""
-        for sid in self.sids(user_room(user_id)):
-            await self.sio.enter_room(sid, room)
-
-    async def leave(self, user_id: int, room: str) -> None:
-        """Take every socket of a user out of a room, from this moment on."""
-        for sid in self.sids(user_room(user_id)):
-            await self.sio.leave_room(sid, room)
-
-    async def drop_user(self, user_id: int, message: str) -> None:
-        """Tell every socket of a user why, then disconnect it."""
-        room = user_room(user_id)
-        for sid in self.sids(room):
-            await self.sio.emit("api_v3_error", {"message": message}, to=sid)
-            await self.sio.disconnect(sid)
-
-    async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def readers_room(message: db.Row) -> str | list[str]:
-    """The rooms of everyone who may read a message."""
-    kind = message["kind"]
-    if kind == "public":
-        return AUTHED_ROOM
-    if kind == "channel":
-        return channel_room(message["channel_id"])
-    if kind == "dm":
-        return sorted({user_room(message["sender_id"]), user_room(message["recipient_id"])})
-    return user_room(message["sender_id"])
-
-
-def attach_socketio(app: web.Application, config: Config) -> socketio.AsyncServer:
-    origins = config.cors_origins.strip()
-    sio = socketio.AsyncServer(
-        async_mode="aiohttp",
-        cors_allowed_origins="*" if origins == "*" else [o.strip() for o in origins.split(",")],
-        logger=False,
-        engineio_logger=False,
-        max_http_buffer_size=MAX_BODY,  # a bigger packet closes the connection
-    )
-    sio.attach(app)
-    # Sockets connected but not (yet) authenticated, per client address: they cost memory
-    # and receive nothing, so each address may hold only a few.
-    unauthenticated: dict[str, int] = {}
-
-    async def authenticated(sid: str) -> None:
-        """The socket is no longer counted as unauthenticated."""
-        session = await sio.get_session(sid)
-        address = session.pop("unauthenticated_from", None)
-        if address is not None:
-            unauthenticated[address] -= 1
-            if not unauthenticated[address]:
-                del unauthenticated[address]
-            await sio.save_session(sid, session)
-
-    async def register(sid: str, data: Any) -> list[tuple[str, Any]]:
-        """Register a socket as the token's user (live events must be held back meanwhile).
-
-        Returns what the socket is sent: `ready`, then with `last_message_id` a `replay` of
-        every message it may read with a larger id. Raises ApiError when refused."""
-        data = data if isinstance(data, dict) else {}
-        token = data.get("token_api_v3")
-        database = app[db_key]
-        user = await db.user_by_token(database, token) if isinstance(token, str) else None
-        if user is None:
-            raise ApiError(401, INVALID_TOKEN)
-        (last_id,) = fields(data, "last_message_id?")
-        session = await sio.get_session(sid)
-        if session.get("user_id") not in (None, user["id"]):
-            for room in sio.rooms(sid):
-                if room != sid:
-                    await sio.leave_room(sid, room)
-        rooms = [user_room(user["id"]), AUTHED_ROOM]
-        rooms += [channel_room(c["channel_id"]) for c in await db.channels_of(database, user["id"])]
-        for room in rooms:
-            await sio.enter_room(sid, room)
-        if await db.user_by_token(database, token) is None:  # rotated meanwhile
-            for room in rooms:
-                await sio.leave_room(sid, room)
-            raise ApiError(401, INVALID_TOKEN)
-        await authenticated(sid)
-        await sio.save_session(sid, {"user_id": user["id"], "username": user["username"]})
-        ready = f"Server has accepted the connection and registered you as : {user['username']}"
-        greeting: list[tuple[str, Any]] = [("ready", ready)]
-        if last_id is not None:
-            since = await db.readable_since(database, user["id"], last_id, MAX_REPLAY + 1)
-            replay = {"messages": since[:MAX_REPLAY], "replay_truncated": len(since) > MAX_REPLAY}
-            greeting.append(("replay", replay))
-        return greeting
-
-    @sio.event
-    async def connect(sid: str, environ: dict, auth: Any = None) -> None:
-        if not auth:  # no auth, or an empty dict: connect unauthenticated
-            address = client_address(environ["aiohttp.request"])
-            if unauthenticated.get(address, 0) >= config.unauthenticated_sockets:
-                raise socketio.exceptions.ConnectionRefusedError(TOO_MANY_SOCKETS)
-            unauthenticated[address] = unauthenticated.get(address, 0) + 1
-            await sio.save_session(sid, {"unauthenticated_from": address})
-            return
-        release = app[events_key].hold()
-        try:
-            greeting = await register(sid, auth)
-        except ApiError as exc:
-            release()
-            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
-        except BaseException:
-            release()
-            raise
-        # After this handler returns the CONNECT packet is queued; the greeting follows it.
-        app[events_key].greet(sid, greeting, release)
-
-    @sio.event
-    async def api_v3_connect(sid: str, data: Any = None) -> None:
-        release = app[events_key].hold()
-        try:
-            for event, payload in await register(sid, data):
-                await sio.emit(event, payload, to=sid)
-        except ApiError as exc:
-            await sio.emit("api_v3_error", {"message": exc.message}, to=sid)
-        finally:
-            release()
-
-    sio_disconnect = sio.eio.handlers["disconnect"]
-
-    async def eio_disconnect(eio_sid: str, reason: str) -> None:
-        # python-engineio leaves a long-poll GET pending on a socket that its client closed
-        # (a CLOSE packet in a POST) until the ping timeout, ~45 s; wake it so it ends now
-        # and a shutdown does not wait for it. A close by the server sends its own packet.
-        socket = sio.eio.sockets.get(eio_sid)
-        if reason == sio.eio.reason.CLIENT_DISCONNECT and socket and not socket.upgraded:
-            socket.queue.put_nowait(None)
-        await sio_disconnect(eio_sid, reason)
-
-    sio.eio.on("disconnect", eio_disconnect)
-
-    @sio.event
-    async def disconnect(sid: str, reason: str) -> None:
-        await authenticated(sid)
-
-    return sio
-
-
 # --- endpoints --------------------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -832,20 +568,18 @@ async def member_channel(request: web.Request, user: db.Row, name: str) -> db.Ro
     return channel
 
 
-async def may_read(request: web.Request, user: db.Row, message: db.Row) -> bool:
-    kind = message["kind"]
-    if kind == "public":
-        return True
-    if kind == "channel":
-        return await db.is_member(request.app[db_key], message["channel_id"], user["id"])
-    if kind == "dm":
-        return user["id"] in (message["sender_id"], message["recipient_id"])
-    return user["id"] == message["sender_id"]
-
-
-def public(message: db.Row) -> db.Row:
-    """The message object as the contract shows it."""
-    return {key: message[key] for key in db.MESSAGE_COLUMNS.split(", ")}
+async def socket_sign_in(database: db.Database, data: dict[str, Any]) -> tuple[db.Row, int | None]:
+    """A socket's `auth` (or api_v3_connect's data), checked as an endpoint's body is: the
+    token's user and `last_message_id`; realtime.Refused with the error's text."""
+    try:
+        token = data.get("token_api_v3")
+        user = await db.user_by_token(database, token) if isinstance(token, str) else None
+        if user is None:
+            raise ApiError(401, INVALID_TOKEN)
+        (last_id,) = fields(data, "last_message_id?")
+    except ApiError as exc:
+        raise realtime.Refused(exc.message) from None
+    return user, last_id
 
 
 # accounts and tokens
@@ -895,8 +629,9 @@ async def gettoken(request: web.Request, body: dict[str, Any]) -> web.Response:
 async def store_message(
     request: web.Request, user: db.Row, nonce: str | None, **columns: Any
 ) -> tuple[db.Row, bool]:
-    """Store a message the user sends: `(message, True)`. With a nonce the user sent in the
-    last 24 hours: `({"id": <that message's id>}, False)`, and nothing is created or counted."""
+    """Store a message the user sends: `(message, True)`, the message with the ids that say
+    who may read it. With a nonce the user sent in the last 24 hours:
+    `({"id": <that message's id>}, False)`, and nothing is created or counted."""
     database = request.app[db_key]
     if nonce is not None and (earlier := await db.nonce_message(database, user["id"], nonce)):
         return {"id": earlier}, False
@@ -904,7 +639,10 @@ async def store_message(
     message = await db.insert_message(
         database, sender_id=user["id"], sender=user["username"], nonce=nonce, **columns
     )
-    return message, not message.get("repeat")
+    if message.get("repeat"):
+        return message, False
+    ids = {key: columns.get(key) for key in ("channel_id", "recipient_id")}
+    return {**message, "sender_id": user["id"], **ids}, True
 
 
 @endpoint
@@ -919,7 +657,7 @@ async def senddcmsgwithtoken(request: web.Request, body: dict[str, Any]) -> web.
     )
     if new:
         bridge.kick(outbox)  # the mirror never holds up this response
-        request.app[events_key].emit("new_public_message", public(message), AUTHED_ROOM)
+        request.app[events_key].message_created(message)
     return ok("Sent message!", id=message["id"])
 
 
@@ -951,9 +689,9 @@ async def readmessagesfromchannel(request: web.Request, body: dict[str, Any]) ->
     message = await db.message_by_id(request.app[db_key], message_id)
     if message is None:
         raise ApiError(404, MESSAGE_NOT_FOUND)
-    if not await may_read(request, user, message):
+    if not await realtime.may_read(request.app[db_key], user["id"], message):
         raise ApiError(403, "Your not allowed to read this message!")
-    return web.json_response({"messages": [public(message)]})
+    return web.json_response({"messages": [realtime.message_object(message)]})
 
 
 async def read_channel(request: web.Request, body: dict[str, Any]) -> web.Response:
@@ -982,8 +720,7 @@ async def deletemessage(request: web.Request, body: dict[str, Any]) -> web.Respo
     if not await db.delete_message(database, message_id):
         raise ApiError(404, MESSAGE_NOT_FOUND)  # deleted by a concurrent request
     request.app[bridge_key].message_deleted(message_id)  # and its copies on Discord
-    deleted = {"id": message["id"], "kind": message["kind"], "channel": message["channel"]}
-    request.app[events_key].emit("message_deleted", deleted, readers_room(message))
+    request.app[events_key].message_deleted(message)
     return ok("Message deleted!")
 
 
@@ -1004,7 +741,7 @@ async def editmessage(request: web.Request, body: dict[str, Any]) -> web.Respons
         raise ApiError(404, MESSAGE_NOT_FOUND)  # deleted by a concurrent request
     message, dests = edited
     bridge.message_edited(dests)  # its copies on Discord follow; never awaited here
-    request.app[events_key].emit("message_edited", public(message), readers_room(message))
+    request.app[events_key].message_edited(message)
     return ok("Message edited!")
 
 
@@ -1019,7 +756,7 @@ async def makechannel(request: web.Request, body: dict[str, Any]) -> web.Respons
     channel_id = await db.create_channel(request.app[db_key], name, user["id"])
     if channel_id is None:
         raise ApiError(409, "Channel exists!")
-    await request.app[events_key].join(user["id"], channel_room(channel_id))
+    await request.app[events_key].channel_created(channel_id, user["id"])
     return ok("Channel created!", channel_name=name, channel_id=channel_id)
 
 
@@ -1041,10 +778,7 @@ async def addusertochannel(request: web.Request, body: dict[str, Any]) -> web.Re
     user, channel, added = await channel_and_named_user(request, body)
     if not await db.add_member(request.app[db_key], channel["id"], added["id"]):
         raise ApiError(409, "User is already in this channel!")
-    events = request.app[events_key]
-    await events.join(added["id"], channel_room(channel["id"]))
-    event = {"channel_name": channel["name"], "channel_id": channel["id"], "by": user["username"]}
-    events.emit("added_to_channel", event, user_room(added["id"]))
+    await request.app[events_key].added_to_channel(added["id"], channel, user["username"])
     return ok("User added to channel!", channel_name=channel["name"], username=added["username"])
 
 
@@ -1062,8 +796,7 @@ async def sendmessage(request: web.Request, body: dict[str, Any]) -> web.Respons
     )  # fmt: skip
     if new:
         bridge.kick(outbox)
-        event = {key: message[key] for key in ("sender", "message", "channel", "timestamp", "id")}
-        request.app[events_key].emit("new_message", event, channel_room(channel["id"]))
+        request.app[events_key].message_created(message)
     return ok("Message sent!", id=message["id"])
 
 
@@ -1080,14 +813,6 @@ async def getchannels(request: web.Request, body: dict[str, Any]) -> web.Respons
 # channel membership (beyond the seed)
 
 
-async def drop_membership(request: web.Request, channel: db.Row, user: db.Row, by: str) -> None:
-    """After the commit: the user's sockets leave the channel's room and are told."""
-    events = request.app[events_key]
-    await events.leave(user["id"], channel_room(channel["id"]))
-    event = {"channel_name": channel["name"], "channel_id": channel["id"], "by": by}
-    events.emit("removed_from_channel", event, user_room(user["id"]))
-
-
 @endpoint
 async def leavechannel(request: web.Request, body: dict[str, Any]) -> web.Response:
     token, name = fields(body, "token", "name")
@@ -1095,7 +820,7 @@ async def leavechannel(request: web.Request, body: dict[str, Any]) -> web.Respon
     channel = await member_channel(request, user, name)
     if not await db.remove_member(request.app[db_key], channel["id"], user["id"]):
         raise ApiError(401, NOT_IN_CHANNEL)  # left by a concurrent request
-    await drop_membership(request, channel, user, user["username"])
+    await request.app[events_key].removed_from_channel(user["id"], channel, user["username"])
     return ok("Left channel!", channel_name=channel["name"])
 
 
@@ -1107,7 +832,7 @@ async def removeuserfromchannel(request: web.Request, body: dict[str, Any]) -> w
         raise ApiError(403, "Only the channel's creator can remove users!")
     if not await db.remove_member(database, channel["id"], removed["id"]):
         raise ApiError(404, "User is not in this channel!")
-    await drop_membership(request, channel, removed, user["username"])
+    await request.app[events_key].removed_from_channel(removed["id"], channel, user["username"])
     return ok(
         "User removed from channel!", channel_name=channel["name"], username=removed["username"]
     )
@@ -1154,8 +879,7 @@ async def deleteaccount(request: web.Request, body: dict[str, Any]) -> web.Respo
     events, bridge = request.app[events_key], request.app[bridge_key]
     await events.drop_user(user["id"], "Account deleted!")
     for message in deleted:
-        event = {"id": message["id"], "kind": message["kind"], "channel": message["channel"]}
-        events.emit("message_deleted", event, readers_room(message))
+        events.message_deleted(message)
         bridge.message_deleted(message["id"])  # and its copies on Discord
     return ok("Account deleted!")
 
@@ -1193,8 +917,7 @@ async def senddm(request: web.Request, body: dict[str, Any]) -> web.Response:
         recipient=recipient["username"],
     )  # fmt: skip
     if new:
-        event = {k: message[k] for k in ("sender", "message", "recipient", "id", "timestamp")}
-        request.app[events_key].emit("new_dm", event, user_room(recipient["id"]))
+        request.app[events_key].message_created(message)
     return ok("Dm message sent!", id=message["id"])
 
 
@@ -1290,68 +1013,61 @@ def as_handler(func: Endpoint) -> Handler:
 # --- the application --------------------------------------------------------------------
 
 
-async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None) -> web.Application:
-    """Build the whole server: HTTP API, Socket.IO and (when configured) the Discord bot.
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with db.open_database(app[config_key].db) as database:
+        app[db_key] = database
+        yield
 
-    `bridge_timing`: the Discord bridge's waits and backoff (tests shorten them)."""
-    app = web.Application(
-        client_max_size=MAX_BODY,
-        middlewares=[transports_middleware, cors_middleware, errors_middleware],
+
+async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
+    workers = os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers, "bcrypt") as executor:
+        app[hasher_key] = PasswordHasher(app[config_key].bcrypt_rounds, executor)
+        yield
+
+
+async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Discord bot and its outbox, started after the database and stopped before it."""
+    config, events = app[config_key], app[events_key]
+
+    def publish(message: db.Row, channel_id: int | None) -> None:
+        """A message written on Discord reaches sockets like the API's own."""
+        events.message_created({**message, "channel_id": channel_id})
+
+    async with bot.Bridge(
+        app[db_key], publish, token=config.discord_token,
+        guild_id=config.discord_guild_id, channel_id=config.discord_channel_id,
+        api_base=config.discord_api_base, gateway_url=config.discord_gateway_url,
+        timing=app[bridge_timing_key],
+    ) as bridge:  # fmt: skip
+        app[bridge_key] = bridge
+        yield
+
+
+def add_sockets(app: web.Application) -> None:
+    """Socket.IO on the app: its server, the events it sends and the socket handlers."""
+    config = app[config_key]
+    sio = realtime.socket_server(app, config.cors_origins, MAX_BODY)
+    events = realtime.Events(sio)
+    sockets = realtime.Sockets(
+        events,
+        lambda: app[db_key],
+        socket_sign_in,
+        client_address,
+        config.unauthenticated_sockets,
     )
-    app[config_key] = config
-    app[transports_key] = OpenTransports()
-
-    async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with db.open_database(config.db) as database:
-            app[db_key] = database
-            yield
-
-    async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
-        workers = os.cpu_count() or 1
-        with concurrent.futures.ThreadPoolExecutor(workers, "bcrypt") as executor:
-            app[hasher_key] = PasswordHasher(config.bcrypt_rounds, executor)
-            yield
-
-    async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
-        """The Discord bot and its outbox, started after the database and stopped before it."""
-        events = app[events_key]
-
-        def publish(message: db.Row, channel_id: int | None) -> None:
-            """A message written on Discord reaches sockets like the API's own."""
-            if channel_id is None:
-                events.emit("new_public_message", public(message), AUTHED_ROOM)
-                return
-            keys = ("sender", "message", "channel", "timestamp", "id")
-            events.emit("new_message", {k: message[k] for k in keys}, channel_room(channel_id))
-
-        async with bot.Bridge(
-            app[db_key], publish, token=config.discord_token,
-            guild_id=config.discord_guild_id, channel_id=config.discord_channel_id,
-            api_base=config.discord_api_base, gateway_url=config.discord_gateway_url,
-            timing=bridge_timing,
-        ) as bridge:  # fmt: skip
-            app[bridge_key] = bridge
-            yield
-
-    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx])
-    app[limits_key] = Limits(config)
-
-    sio = attach_socketio(app, config)
+    sio.register_namespace(sockets)
     app[sio_key] = sio
-    app[events_key] = Events(sio)
+    app[events_key] = events
 
-    async def close_sockets(app: web.Application) -> None:
-        """Before the web server stops: every socket is told and closed, polling ones too."""
-        await app[events_key].drain()
-        for sid, _ in list(sio.manager.get_participants("/", None)):
-            await sio.disconnect(sid)
-        if sio.eio.sockets:
-            await sio.eio.disconnect()
-        await app[transports_key].close()
-        await sio.shutdown()
 
-    app.on_shutdown.append(close_sockets)
+async def close_sockets(app: web.Application) -> None:
+    """Before the web server stops: every socket is told and closed, polling ones too."""
+    await realtime.shutdown(app[sio_key], app[events_key], app[transports_key])
 
+
+async def add_routes(app: web.Application) -> None:
+    """The API's endpoints, health, the OpenAPI document and the web chat."""
     for name, func in ENDPOINTS.items():
         handler = as_handler(func)
         app.router.add_post(f"/api/v3/{name}/", handler)
@@ -1363,6 +1079,25 @@ async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None)
     app[openapi_key] = document
     app.router.add_get("/api/v3/openapi.json", openapi)
     add_web_chat(app)
+
+
+async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None) -> web.Application:
+    """Build the whole server: HTTP API, Socket.IO and (when configured) the Discord bot.
+
+    `bridge_timing`: the Discord bridge's waits and backoff (tests shorten them)."""
+    transports = realtime.OpenTransports()
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[transports.middleware, cors_middleware, errors_middleware],
+    )
+    app[config_key] = config
+    app[bridge_timing_key] = bridge_timing or bot.Timing()
+    app[transports_key] = transports
+    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx])
+    app[limits_key] = Limits(config)
+    add_sockets(app)
+    app.on_shutdown.append(close_sockets)
+    await add_routes(app)
     return app
 
 
