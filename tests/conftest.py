@@ -1,165 +1,37 @@
-"""Shared fixtures for the HTTP contract tests: the real app factory, a real port, a real file.
+"""The fixtures: the real app factory on a real port, a real database file, real Socket.IO
+clients, the fake Discord. Each test gets a fresh server and database.
 
-Tests import the plain helpers from here (`from conftest import PASSWORD, msg, ...`); the
-fixtures give each test a fresh server and database.
+The plain helpers the tests share are in tests/helpers.py.
 """
 
-import json
+import dataclasses
 import logging
-import os
-import re
-import socket
-import sqlite3
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from contextlib import closing
-from pathlib import Path
 
 import pytest
-from contract import check_response
+from fake_discord import FakeDiscord
+from helpers import (
+    BRIDGE,
+    CAROL,
+    DAN,
+    FAST,
+    GENERAL,
+    GUILD_ID,
+    NO_MENTIONS,
+    RANDOM,
+    Api,
+    Server,
+    Sock,
+    db_snapshot,
+    leaked_secrets,
+    record_text,
+    until_health,
+)
 
-PASSWORD = "Passw0rd!"  # SPEC §2: 8-20 chars, a digit, an uppercase letter, a symbol, no spaces
-TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-UUID4_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-
-
-class _AnyTimestamp:
-    """Equal to any string shaped like SPEC §4's timestamp: 2026-11-28T12:34:56.789Z."""
-
-    def __eq__(self, other):
-        return isinstance(other, str) and TIMESTAMP_RE.fullmatch(other) is not None
-
-    def __repr__(self):
-        return "<YYYY-MM-DDTHH:MM:SS.mmmZ>"
-
-
-TIMESTAMP = _AnyTimestamp()
-
-
-class _AnyId:
-    """Equal to any integer id (not a bool)."""
-
-    def __eq__(self, other):
-        return isinstance(other, int) and not isinstance(other, bool)
-
-    def __repr__(self):
-        return "<int id>"
+from buttonapi import Config, create_app
 
 
-ID = _AnyId()
-
-
-def msg(
-    id, kind, sender, message, *, channel=None, recipient=None, source="api", edited_timestamp=None
-):
-    """The exact message object of SPEC §4 (any well-formed timestamp); `edited_timestamp`
-    is None until the message is edited (pass TIMESTAMP for an edited one)."""
-    return {
-        "id": id,
-        "kind": kind,
-        "sender": sender,
-        "message": message,
-        "channel": channel,
-        "recipient": recipient,
-        "timestamp": TIMESTAMP,
-        "source": source,
-        "edited_timestamp": edited_timestamp,
-    }
-
-
-def db_snapshot(path) -> dict[str, list[tuple]]:
-    """Every row of every table of the SQLite file, read-only; tables found in sqlite_master."""
-    with closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as conn:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        return {
-            table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)  # noqa: S608
-            for table in sorted(tables)
-        }
-
-
-def db_file_bytes(path) -> bytes:
-    """The raw bytes on disk of the database: the main file and its -wal/-shm/-journal files."""
-    path = Path(path)
-    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
-
-
-async def answer(resp) -> tuple[int, dict]:
-    """(status, JSON body) of a response; every answer must be JSON (SPEC §1) and one that
-    static/openapi.json documents for its path, method and status (tests/contract.py)."""
-    assert resp.content_type == "application/json", await resp.text()
-    body = await resp.json()
-    check_response(resp.method, resp.url.path, resp.status, resp.headers, body)
-    return resp.status, body
-
-
-class Api:
-    """Calls the API the way a client does and returns (status, JSON body)."""
-
-    def __init__(self, client):
-        self.client = client
-
-    async def post(self, name, body):
-        async with self.client.post(f"/api/v3/{name}/", json=body) as resp:
-            return await answer(resp)
-
-    async def ok(self, name, body, status=200):
-        got_status, got = await self.post(name, body)
-        assert got_status == status, (name, body, got_status, got)
-        return got
-
-    async def register(self, username, password=PASSWORD):
-        await self.ok("register", {"username": username, "password": password}, status=201)
-
-    async def user(self, username, password=PASSWORD) -> str:
-        """Register a user and return a fresh token."""
-        await self.register(username, password)
-        got = await self.ok("generatetoken", {"username": username, "password": password})
-        return got["token"]
-
-    async def channel(self, token, name, *members) -> int:
-        """Make a channel, add the given usernames, return its id."""
-        got = await self.ok("makechannel", {"token": token, "name": name})
-        for username in members:
-            await self.ok("addusertochannel", {"token": token, "name": name, "username": username})
-        return got["channel_id"]
-
-    async def public(self, token, text) -> int:
-        return (await self.ok("senddcmsgwithtoken", {"token": token, "message": text}))["id"]
-
-    async def send(self, token, channel, text) -> int:
-        body = {"token": token, "message": text, "channel": channel}
-        return (await self.ok("sendmessage", body))["id"]
-
-    async def dm(self, token, username, text) -> int:
-        body = {"token": token, "username": username, "message": text}
-        return (await self.ok("senddm", body))["id"]
-
-
-# --- no secret in any log line, in any test -------------------------------------------------
-
-# Every password the suite uses often, and the fake bot token; a user token is any UUID4.
-SECRETS = (PASSWORD, "Wr0ng!Pass", "S3cret!Pass", "fake-bot-token")
-SECRET_RE = re.compile("|".join([UUID4_RE.pattern, *map(re.escape, SECRETS)]))
-logging.getLogger("aiosqlite").setLevel(logging.INFO)  # it logs every call at DEBUG
-
-
-def leaked_secrets(lines):
-    return [line for line in lines if SECRET_RE.search(line)]
-
-
-def _record_text(record: logging.LogRecord) -> str:
-    text = record.getMessage()
-    if record.exc_info:
-        text += "\n" + logging.Formatter().formatException(record.exc_info)
-    return text
+def pytest_configure(config):
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # it logs every call at DEBUG
 
 
 @pytest.fixture(autouse=True)
@@ -168,7 +40,7 @@ def no_secrets_in_logs(caplog):
     password, a user token or the bot token."""
     yield
     records = [r for when in ("setup", "call") for r in caplog.get_records(when)]
-    assert leaked_secrets(_record_text(r) for r in records) == []
+    assert leaked_secrets(record_text(r) for r in records) == []
 
 
 @pytest.fixture
@@ -177,17 +49,66 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
-def config(db_path):
-    from buttonapi import Config  # imported here so tests/ without the server still collect
-
-    return Config(db=str(db_path), bcrypt_rounds=4)
+async def fake():
+    """The fake Discord (tests/fake_discord.py): a guild with the channels bridge, general and
+    random, and the members carol and dan. A test that uses it gets a server whose bridge is
+    pointed at it (see `config`)."""
+    f = FakeDiscord(
+        guild_id=GUILD_ID,
+        channels={"bridge": BRIDGE, "general": GENERAL, "random": RANDOM},
+        members=[CAROL, DAN],
+    )
+    await f.start()
+    yield f
+    await f.close()
+    for channel, posts in f.messages.items():  # SPEC 6: nothing the bridge posts pings anyone
+        for post in posts:  # the bot's own posts and its webhooks', and every edit of them
+            assert post.allowed_mentions == NO_MENTIONS, (channel, post)
+            for edit in post.edits:
+                assert edit["allowed_mentions"] == NO_MENTIONS, (channel, post)
 
 
 @pytest.fixture
-async def client(aiohttp_client, config):
-    from buttonapi import create_app
+def config(request, db_path):
+    """The server's settings: the test's database file, cheap bcrypt. In a test that uses
+    `fake`, the bridge is pointed at it, with no send limit (the bridge tests send in bursts);
+    the fake is then set up here, before any server, so that every server stops before it."""
+    plain = Config(db=str(db_path), bcrypt_rounds=4)
+    if "fake" not in request.fixturenames:
+        return plain
+    fake = request.getfixturevalue("fake")
+    return dataclasses.replace(
+        plain,
+        send_limit="0",
+        discord_token=fake.token,
+        discord_guild_id=GUILD_ID,
+        discord_channel_id=BRIDGE,
+        discord_api_base=fake.api_base,
+        discord_gateway_url=fake.gateway_url,
+    )
 
-    return await aiohttp_client(await create_app(config))
+
+@pytest.fixture
+def start(config, aiohttp_client):
+    """start(timing=FAST, **config changes) -> a running server (its bot may not be ready).
+
+    `config` comes first: a test's fake Discord is set up before `aiohttp_client`, so the
+    servers stop before the fake does."""
+
+    async def start(timing=FAST, **changes):
+        app = await create_app(dataclasses.replace(config, **changes), bridge_timing=timing)
+        return await aiohttp_client(app)
+
+    return start
+
+
+@pytest.fixture
+async def client(request, start):
+    """The server under test; in a test that uses `fake`, once its bot is connected."""
+    server = await start()
+    if "fake" in request.fixturenames:
+        await until_health(server, "connected")
+    return server
 
 
 @pytest.fixture
@@ -196,16 +117,19 @@ def api(client):
 
 
 @pytest.fixture
-async def connect(client):
-    """connect(auth=None) -> a real Socket.IO client (tests/test_realtime.py's Sock) on the
-    test server, websocket transport; every one is closed at the end of the test."""
-    from test_realtime import Sock
-
+async def sock(client):
+    """sock(token=None, transport="websocket", auth=None) -> a real Socket.IO client
+    (helpers.Sock) on the server under test, connected with `auth`; given a token, it has
+    sent api_v3_connect with it and received `ready`. Every one is closed at the end."""
     socks = []
+    url = str(client.make_url("/"))
 
-    async def make(auth=None):
-        socks.append(await Sock(str(client.make_url("/"))).connect(auth))
-        return socks[-1]
+    async def make(token=None, transport="websocket", auth=None):
+        s = await Sock(url, transport).connect(auth)
+        socks.append(s)
+        if token is not None:
+            assert (await s.auth(token))[0] == "ready"
+        return s
 
     yield make
     for s in socks:
@@ -218,68 +142,10 @@ def snapshot(db_path, client):
     return lambda: db_snapshot(db_path)
 
 
-# --- the server as a real process (`python buttonapi.py`) -----------------------------
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(port, path, body=None, timeout=5.0):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, headers, got = resp.status, resp.headers, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            status, headers, got = err.code, err.headers, json.loads(err.read())
-    check_response(req.get_method(), path, status, headers, got)  # see `answer`
-    return status, got
-
-
-class Server:
-    """`python buttonapi.py ...` as a real process."""
-
-    def __init__(self, tmp_path, *args, env=None):
-        environ = {
-            k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))
-        }
-        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4"} | (env or {})
-        self.log = open(tmp_path / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "buttonapi.py"), *args],
-            cwd=tmp_path,
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, port, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited early"
-            try:
-                return http(port, "/api/v3/health/", timeout=1.0)
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-        lines = Path(self.log.name).read_text(errors="replace").splitlines()
-        assert leaked_secrets(lines) == []
-
-
 @pytest.fixture
 def servers(tmp_path):
+    """servers(*args, env=None) -> `python buttonapi.py *args` as a real process (a
+    helpers.Server); every one is stopped at the end, its log checked for secrets."""
     started = []
 
     def start(*args, **kwargs):

@@ -1,6 +1,6 @@
 """static/openapi.json as a test oracle: every answer the tests see must be one it documents.
 
-`check_response` is called by conftest's `answer` and `http` helpers, so every response of the
+`check_response` is called by helpers.py's `answer` and `http`, so every response of the
 test suite is held against the document: its status must be listed for that path and method,
 its JSON body must match that status's schema, and its documented headers must be there. A
 path the document does not list must be the transport 404, a method it does not list the 405.

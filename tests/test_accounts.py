@@ -5,7 +5,7 @@ import re
 import uuid
 
 import pytest
-from conftest import ID, PASSWORD, UUID4_RE, db_file_bytes
+from helpers import BAD_CREDENTIALS, ID, PASSWORD, UUID4_RE, db_file_bytes
 
 PASSWORD_411 = (
     411,
@@ -16,7 +16,6 @@ PASSWORD_411 = (
 )
 USERNAME_LENGTH_411 = (411, {"message": "Username needs to be 3-20 chars long!"})
 USERNAME_CHARS_411 = (411, {"message": "Username can not contain spaces or control characters!"})
-BAD_CREDENTIALS = (401, {"message": "Invalid username or password!"})
 ACCOUNT_ENDPOINTS = ["register", "login", "generatetoken", "gettoken"]
 
 # SPEC §2: 8-20 code points, a digit, an uppercase letter, a symbol, no whitespace (str.is*).
@@ -284,6 +283,25 @@ async def test_passwords_are_stored_only_as_bcrypt_hashes(api, db_path, snapshot
 def _is_bcrypt(value):
     text = value.decode() if isinstance(value, bytes) else value
     return re.fullmatch(r"\$2[aby]\$04\$[./A-Za-z0-9]{53}", text) is not None
+
+
+async def test_password_hashing_does_not_block_other_requests(start, tmp_path):
+    client = await start(db=str(tmp_path / "slow.db"), bcrypt_rounds=13)
+    body = {"username": "alice", "password": PASSWORD}
+
+    async def register_alice():
+        async with client.post("/api/v3/register/", json=body) as resp:
+            return resp.status
+
+    register = asyncio.create_task(register_alice())
+    answered_meanwhile = 0
+    while not register.done():
+        async with client.get("/api/v3/health/") as resp:
+            assert resp.status == 200
+        if not register.done():
+            answered_meanwhile += 1
+    assert await register == 201
+    assert answered_meanwhile >= 3
 
 
 # --- login, and credentials on the token endpoints ----------------------------------------------

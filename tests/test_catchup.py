@@ -12,8 +12,7 @@ from contextlib import closing
 
 import pytest
 import socketio
-from conftest import msg
-from test_realtime import Sock
+from helpers import Sock, msg
 
 
 async def feed_ids(api, token, **paging):
@@ -73,7 +72,7 @@ async def world(api):
 
 
 @pytest.mark.parametrize("how", ["api_v3_connect", "auth"])
-async def test_replay_holds_every_readable_message_after_the_last_one_seen(api, connect, how):
+async def test_replay_holds_every_readable_message_after_the_last_one_seen(api, sock, how):
     alice, bob, carol = await world(api)
     last_seen = await api.public(alice, "seen already")
     readable = [
@@ -90,9 +89,9 @@ async def test_replay_holds_every_readable_message_after_the_last_one_seen(api, 
 
     auth = {"token_api_v3": bob, "last_message_id": last_seen}
     if how == "auth":
-        s = await connect(auth)
+        s = await sock(auth=auth)
     else:
-        s = await connect()
+        s = await sock()
         await s.client.emit("api_v3_connect", auth)
     await s.next("replay")
     assert [e for e in s.events if e[0] in ("ready", "replay")] == [
@@ -101,16 +100,16 @@ async def test_replay_holds_every_readable_message_after_the_last_one_seen(api, 
     ]
 
 
-async def test_without_last_message_id_there_is_no_replay(api, connect):
+async def test_without_last_message_id_there_is_no_replay(api, sock):
     _, bob, _ = await world(api)
-    s = await connect({"token_api_v3": bob})
+    s = await sock(auth={"token_api_v3": bob})
     await s.next("ready")
     await api.dm(bob, "bob", "barrier")
     await s.next("new_dm")
     assert [e for e, _ in s.events] == ["ready", "new_dm"]
 
 
-async def test_replay_is_capped_at_1000_and_says_so(api, connect, db_path):
+async def test_replay_is_capped_at_1000_and_says_so(api, sock, db_path):
     alice = await api.user("alice")
     first = await api.public(alice, "first")
     with closing(sqlite3.connect(db_path)) as conn, conn:  # 1100 more, written directly
@@ -119,14 +118,14 @@ async def test_replay_is_capped_at_1000_and_says_so(api, connect, db_path):
             " VALUES ('public', 1, 'alice', ?, '2026-11-28T00:00:00.000Z')",
             [(f"m{i}",) for i in range(1100)],
         )
-    s = await connect({"token_api_v3": alice, "last_message_id": first})
+    s = await sock(auth={"token_api_v3": alice, "last_message_id": first})
     (_, replay) = await s.next("replay")
     assert replay["replay_truncated"] is True
     ids = [m["id"] for m in replay["messages"]]
     assert ids == list(range(first + 1, first + 1001))  # the oldest 1000: page on with `after`
 
 
-async def test_live_events_come_after_the_replay_and_nothing_is_missed(api, connect):
+async def test_live_events_come_after_the_replay_and_nothing_is_missed(api, sock):
     alice, bob, _ = await world(api)
     last_seen = await api.public(alice, "seen")
     sent = []
@@ -137,7 +136,7 @@ async def test_live_events_come_after_the_replay_and_nothing_is_missed(api, conn
 
     sending = asyncio.create_task(keep_sending())
     await asyncio.sleep(0)
-    s = await connect()
+    s = await sock()
     await s.client.emit("api_v3_connect", {"token_api_v3": bob, "last_message_id": last_seen})
     await sending
     await api.dm(alice, "bob", "barrier")
@@ -154,9 +153,9 @@ async def test_live_events_come_after_the_replay_and_nothing_is_missed(api, conn
 
 
 @pytest.mark.parametrize("last", [-1, "x", 1.5, True])
-async def test_a_bad_last_message_id_is_an_error_and_registers_nothing(api, connect, client, last):
+async def test_a_bad_last_message_id_is_an_error_and_registers_nothing(api, sock, client, last):
     _, bob, _ = await world(api)
-    s = await connect()
+    s = await sock()
     auth = {"token_api_v3": bob, "last_message_id": last}
     assert await s.auth(auth) == (
         "api_v3_error",

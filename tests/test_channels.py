@@ -1,9 +1,8 @@
 """Channels: seed "Channel system", SPEC §4 (names, membership, reading, sending, listing)."""
 
 import pytest
-from conftest import ID, msg
+from helpers import ID, INVALID_TOKEN, msg
 
-INVALID_TOKEN = (401, {"message": "Invalid token!"})
 NAME_411 = (411, {"message": "Channel name needs to be 1-100 chars long!"})
 CHANNEL_NOT_FOUND = (404, {"message": "Channel not found!"})
 NOT_IN_CHANNEL = (401, {"message": "You are not in this channel!"})

@@ -11,7 +11,7 @@ import sqlite3
 from contextlib import closing
 
 import aiohttp
-from conftest import PASSWORD, free_port
+from helpers import PASSWORD, free_port
 
 USERS = ["alice", "bob", "carol", "dave", "erin"]
 

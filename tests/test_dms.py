@@ -1,9 +1,8 @@
 """Direct messages: seed "Dm system", SPEC §4 (senddm, getdms with its filter and paging)."""
 
 import pytest
-from conftest import ID, msg
+from helpers import ID, INVALID_TOKEN, msg
 
-INVALID_TOKEN = (401, {"message": "Invalid token!"})
 USER_NOT_FOUND = (404, {"message": "User not found!"})
 NO_DMS = (404, {"message": "No dms!"})
 

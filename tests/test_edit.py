@@ -4,19 +4,27 @@
 checks in SPEC section 1's order (body 400, token 401, length 411, exists 404, sender 403).
 The message object carries `edited_timestamp` everywhere (null until edited); everyone who can
 read the message gets `message_edited` with the whole object. The Discord side of edits is in
-test_bridge.py; the schema migration that adds the column is at the end of this file.
+test_bridge_edits.py; the schema migration that adds the column is at the end of this file.
 """
 
-import dataclasses
 import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import ID, PASSWORD, TIMESTAMP, Api, answer, msg
-from test_realtime import Sock, barrier
-from test_storage import bad_plan_lines
+from helpers import (
+    ID,
+    INVALID_TOKEN,
+    PASSWORD,
+    TIMESTAMP,
+    Api,
+    answer,
+    bad_plan_lines,
+    barrier,
+    invalid,
+    msg,
+)
 
 import db
 
@@ -24,11 +32,6 @@ EDITED = (200, {"message": "Message edited!"})
 NOT_FOUND = (404, {"message": "Message not found!"})
 NOT_YOURS = (403, {"message": "You can only edit your messages!"})
 MESSAGE_411 = (411, {"message": "Message needs to be 1-2000 chars long!"})
-INVALID_TOKEN = (401, {"message": "Invalid token!"})
-
-
-def invalid(field):
-    return (400, {"message": f"Missing or invalid field: {field}!"})
 
 
 @pytest.fixture
@@ -218,7 +221,7 @@ async def test_a_deleted_message_is_404(api, world):
 
 async def test_a_message_without_an_api_sender_is_403(api, world, snapshot):
     """A DM from an account that was deleted has no sender any more (like a message written
-    on Discord, see test_bridge.py): nobody may edit it."""
+    on Discord, see test_bridge_edits.py): nobody may edit it."""
     tokens, _ = world
     dm = await api.dm(tokens["bob"], "alice", "from bob")
     await api.ok("deleteaccount", {"username": "bob", "password": PASSWORD})
@@ -239,11 +242,8 @@ async def test_the_path_without_a_slash_works_the_same(api, world):
 
 
 @pytest.fixture
-async def limited(aiohttp_client, config):
-    from buttonapi import create_app
-
-    app = await create_app(dataclasses.replace(config, send_limit="3/60"))
-    return Api(await aiohttp_client(app))
+async def limited(start):
+    return Api(await start(send_limit="3/60"))
 
 
 async def test_edits_count_under_the_send_limit(limited, db_path):
@@ -276,22 +276,6 @@ def _rows(db_path):
 # --- message_edited: to exactly the readers -------------------------------------------------
 
 
-@pytest.fixture
-async def sock(client):
-    socks = []
-    url = str(client.make_url("/"))
-
-    async def make(token):
-        s = await Sock(url).connect({"token_api_v3": token})
-        socks.append(s)
-        await s.next("ready")
-        return s
-
-    yield make
-    for s in socks:
-        await s.close()
-
-
 @pytest.mark.parametrize(
     ("kind", "readers", "others", "fields"),
     [
@@ -320,16 +304,11 @@ async def test_message_edited_reaches_exactly_the_readers(
         assert [(e, text) for e, text in got if not text.startswith("barrier")] == []
 
 
-async def test_the_replay_after_a_reconnect_shows_the_edit(api, world, client):
+async def test_the_replay_after_a_reconnect_shows_the_edit(api, world, sock):
     tokens, ids = world
     assert await edit(api, tokens["alice"], ids["dm"], "dm v2") == EDITED
-    s = await Sock(str(client.make_url("/"))).connect(
-        {"token_api_v3": tokens["bob"], "last_message_id": ids["public"]}
-    )
-    try:
-        _, replay = await s.next("replay")
-    finally:
-        await s.close()
+    s = await sock(auth={"token_api_v3": tokens["bob"], "last_message_id": ids["public"]})
+    _, replay = await s.next("replay")
     assert replay == {
         "messages": [
             msg(ids["channel"], "channel", "alice", "channel v1", channel="general"),
@@ -403,11 +382,9 @@ def make_v1_file(path):
         conn.commit()
 
 
-async def test_a_version_1_file_is_migrated(aiohttp_client, config, db_path):
-    from buttonapi import create_app
-
+async def test_a_version_1_file_is_migrated(start, db_path):
     make_v1_file(db_path)
-    api = Api(await aiohttp_client(await create_app(config)))
+    api = Api(await start())
     token = "11111111-1111-4111-8111-111111111111"
     feed = await api.ok("getmessagesforeveryone", {"token": token})
     assert feed["messages"] == [

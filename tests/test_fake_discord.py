@@ -15,6 +15,7 @@ from fake_discord import (  # tests/ is on sys.path (no __init__.py), like conft
     MANAGE_WEBHOOKS,
     FakeDiscord,
 )
+from helpers import BRIDGE, GENERAL, GUILD_ID, WAIT
 
 with warnings.catch_warnings():
     # discord/player.py imports the stdlib audioop module, deprecated in 3.11;
@@ -24,13 +25,8 @@ with warnings.catch_warnings():
     import discord.gateway
     import discord.http
 
-GUILD_ID = 700000000000000001
-BRIDGE = 111
-GENERAL = 222
 ALICE = {"id": 500000000000000001, "username": "alice", "global_name": "Alice A."}
 BOB_ID = 500000000000000002
-
-WAIT = 5.0
 
 
 class Bot(discord.Client):

@@ -7,9 +7,8 @@ import io
 import aiohttp
 import pytest
 import socketio
-from conftest import PASSWORD, answer
+from helpers import NOT_A_JSON_OBJECT, PASSWORD, answer
 
-NOT_A_JSON_OBJECT = (400, {"message": "Request body must be a JSON object!"})
 TOO_LARGE = (413, {"message": "Request body too large!"})
 
 
@@ -211,41 +210,31 @@ async def test_unauthenticated_sockets_per_address_are_capped(api, client):
 # --- probing usernames by timing ------------------------------------------------------------
 
 
-async def test_unknown_username_costs_the_same_bcrypt_work_as_a_wrong_password(
-    aiohttp_client, config
-):
+async def test_unknown_username_costs_the_same_bcrypt_work_as_a_wrong_password(start):
     """At cost 10 one check is tens of milliseconds, far above the rest of the request. Noise
     on a busy machine only adds time, so the fastest of interleaved attempts is compared."""
-    import dataclasses
     import time
 
-    from buttonapi import create_app
-
-    client = await aiohttp_client(await create_app(dataclasses.replace(config, bcrypt_rounds=10)))
+    client = await start(bcrypt_rounds=10)
     assert (
         await client.post("/api/v3/register/", json={"username": "alice", "password": PASSWORD})
     ).status == 201
     times = {"known": [], "unknown": []}
     for _ in range(9):
         for kind, name in (("known", "alice"), ("unknown", "nobody")):
-            start = time.perf_counter()
+            began = time.perf_counter()
             async with client.post(
                 "/api/v3/login/", json={"username": name, "password": "Wr0ng!Pass"}
             ) as resp:
                 assert await answer(resp) == (401, {"message": "Invalid username or password!"})
-            times[kind].append(time.perf_counter() - start)
+            times[kind].append(time.perf_counter() - began)
     known, unknown = min(times["known"]), min(times["unknown"])
     assert known > 0.01  # the bcrypt work really happened
     assert 1 / 1.5 < unknown / known < 1.5, times
 
 
-async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(aiohttp_client, config):
-    import dataclasses
-
-    from buttonapi import create_app
-
-    proxied = dataclasses.replace(config, trusted_proxies="127.0.0.1", login_limit_addr="3/900")
-    client = await aiohttp_client(await create_app(proxied))
+async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(start):
+    client = await start(trusted_proxies="127.0.0.1", login_limit_addr="3/900")
 
     async def login(forwarded_for):
         body = {"username": "nobody", "password": "Wr0ng!Pass"}
@@ -259,14 +248,8 @@ async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(aiohttp_c
     assert await login("10.0.0.1, 10.0.0.2") == 401  # a forged first entry changes nothing
 
 
-async def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(aiohttp_client, config):
-    import dataclasses
-
-    from buttonapi import create_app
-
-    client = await aiohttp_client(
-        await create_app(dataclasses.replace(config, login_limit_addr="2/900"))
-    )
+async def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(start):
+    client = await start(login_limit_addr="2/900")
     statuses = []
     for i in range(3):
         body = {"username": "nobody", "password": "Wr0ng!Pass"}

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import PASSWORD, free_port, http
 
 HERE = Path(__file__).resolve().parent
 WAIT = 10  # seconds: the bound of every wait for an event
@@ -118,8 +119,6 @@ async def test_sigterm_with_a_connected_client_exits_0_within_15_seconds(tmp_pat
     """SPEC §7: every socket is closed and the process exits 0 within 15 s; a browser-like
     client does not hold the shutdown up."""
     import signal
-
-    from conftest import PASSWORD, free_port, http
 
     port = free_port()
     server = servers("--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "j.db"))

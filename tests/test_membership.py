@@ -7,23 +7,9 @@ with exact answers for every success and error path, and their Socket.IO effects
 import asyncio
 
 import pytest
-from conftest import PASSWORD, UUID4_RE
-from test_realtime import barrier
+from helpers import BAD_CREDENTIALS, INVALID_TOKEN, PASSWORD, UUID4_RE, barrier, db_file_bytes, msg
 
 NEW_PASSWORD = "N3w!Passw0rd"
-INVALID_TOKEN = (401, {"message": "Invalid token!"})
-
-
-@pytest.fixture
-def sock(connect):
-    """sock(token) -> a socket registered as the token's user (its `ready` received)."""
-
-    async def make(token):
-        s = await connect({"token_api_v3": token})
-        await s.next("ready")
-        return s
-
-    return make
 
 
 async def setup_general(api):
@@ -253,8 +239,6 @@ PASSWORD_RULES = (
     },
 )
 
-
-BAD_CREDENTIALS = (401, {"message": "Invalid username or password!"})
 NEW = {"new_password": NEW_PASSWORD}
 
 
@@ -293,8 +277,6 @@ async def test_changepassword_is_under_the_login_limit(api):
 
 
 async def test_deleteaccount_removes_the_account_and_its_messages_text(api, sock, db_path):
-    from conftest import db_file_bytes, msg
-
     alice, bob, carol, _ = await setup_general(api)
     bob_sock, alice_sock = await sock(bob), await sock(alice)
     public_id = await api.public(alice, "alice-public-text")

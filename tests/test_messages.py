@@ -4,10 +4,9 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from conftest import ID, db_file_bytes, msg
+from helpers import ID, INVALID_TOKEN, db_file_bytes, msg
 
 MESSAGE_411 = (411, {"message": "Message needs to be 1-2000 chars long!"})
-INVALID_TOKEN = (401, {"message": "Invalid token!"})
 NOT_FOUND = (404, {"message": "Message not found!"})
 NOT_ALLOWED = (403, {"message": "Your not allowed to read this message!"})
 NOT_YOURS = (403, {"message": "You can only delete your messages!"})

@@ -12,7 +12,7 @@ import time
 from contextlib import closing
 
 import pytest
-from test_realtime import Sock, barrier
+from helpers import barrier
 
 SENDS = {
     "senddcmsgwithtoken": ({}, "Sent message!"),
@@ -30,11 +30,11 @@ async def world(api):
 
 @pytest.mark.parametrize("endpoint", SENDS)
 async def test_a_repeated_nonce_returns_the_original_and_creates_nothing(
-    api, snapshot, world, endpoint, client
+    api, snapshot, world, endpoint, sock
 ):
     alice, bob = world
     extra, answer = SENDS[endpoint]
-    bob_sock = await Sock(str(client.make_url("/"))).connect({"token_api_v3": bob})
+    bob_sock = await sock(auth={"token_api_v3": bob})
     body = {"token": alice, "message": "once", "nonce": "client-42", **extra}
     status, first = await api.post(endpoint, body)
     assert (status, first) == (200, {"message": answer, "id": first["id"]})
@@ -51,7 +51,6 @@ async def test_a_repeated_nonce_returns_the_original_and_creates_nothing(
     events = [e for e, d in bob_sock.events if e in ("new_public_message", "new_message")]
     events += [e for e, d in bob_sock.events if e == "new_dm" and d["message"] == "once"]
     assert len(events) == 1
-    await bob_sock.close()
 
 
 async def test_nonces_are_per_user_and_distinct_nonces_make_distinct_messages(api, world):

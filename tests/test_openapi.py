@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document (static/openapi.json): served, well formed, and matching the routes.
 
-Every response of the whole test suite is also checked against it (conftest `answer` and `http`
+Every response of the whole test suite is also checked against it (helpers `answer` and `http`
 call tests/contract.py), so the document cannot drift from the code. fuzz/run checks it with
 openapi-spec-validator and fuzzes a live server from it with schemathesis.
 """
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import answer, msg
 from contract import (
     DOCUMENT_PATH,
     METHODS,
@@ -21,6 +20,7 @@ from contract import (
     pointer,
     validator,
 )
+from helpers import answer, msg
 
 
 def operations():

@@ -10,98 +10,7 @@ import json
 
 import pytest
 import socketio
-from conftest import TIMESTAMP
-
-WAIT = 5  # seconds: the bound of every wait for an event
-
-
-class Sock:
-    """A real Socket.IO client that records every event it receives, in order."""
-
-    def __init__(self, url: str, transport: str = "websocket"):
-        self.url = url
-        self.transport = transport
-        self.client = socketio.AsyncClient(reconnection=False)
-        self.events: list[tuple[str, object]] = []
-        self.changed = asyncio.Condition()
-        self.client.on("*", self._record)
-        self.client.on("connect_error", self._connect_error)
-        self.client.on("disconnect", self._disconnected)
-
-    async def _record(self, event, data=None):
-        async with self.changed:
-            self.events.append((event, data))
-            self.changed.notify_all()
-
-    async def _connect_error(self, data=None):
-        await self._record("connect_error", data)
-
-    async def _disconnected(self, reason=None):
-        await self._record("disconnect", None)
-
-    async def connect(self, auth=None):
-        await self.client.connect(
-            self.url, transports=[self.transport], auth=auth, wait_timeout=WAIT
-        )
-        return self
-
-    async def auth(self, token):
-        """api_v3_connect with a token (or a whole dict); the answer: ready or api_v3_error."""
-        seen = len(self.events)
-        data = token if isinstance(token, dict) else {"token_api_v3": token}
-        await self.client.emit("api_v3_connect", data)
-        return await self.next(("ready", "api_v3_error"), after=seen)
-
-    async def next(self, names, after=0):
-        """The first event named in `names` at index >= after; fails after WAIT seconds."""
-        names = (names,) if isinstance(names, str) else names
-
-        def found():
-            return next((e for e in self.events[after:] if e[0] in names), None)
-
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(found), WAIT)
-            return found()
-
-    def named(self, name):
-        return [data for event, data in self.events if event == name]
-
-    async def close(self):
-        await self.client.disconnect()
-
-
-@pytest.fixture
-async def sock(client):
-    """sock(token=None, transport=..., auth=...) -> a connected Sock; all closed at the end."""
-    socks = []
-    url = str(client.make_url("/"))
-
-    async def make(token=None, transport="websocket", auth=None):
-        s = await Sock(url, transport).connect(auth)
-        socks.append(s)
-        if token is not None:
-            assert (await s.auth(token))[0] == "ready"
-        return s
-
-    yield make
-    for s in socks:
-        await s.close()
-
-
-async def barrier(api, token, sock, username):
-    """A DM to `username` that `sock` receives: every event sent before it arrived before it."""
-    marker = f"barrier-{len(sock.events)}"
-    await api.dm(token, username, marker)
-    while True:
-        _, data = await sock.next("new_dm", after=len(sock.events) - 1)
-        if data["message"] == marker:
-            return
-        await asyncio.sleep(0)
-
-
-async def users(api, *names):
-    return [await api.user(name) for name in names]
-
+from helpers import TIMESTAMP, WAIT, Api, Sock, barrier, users
 
 # --- connecting -------------------------------------------------------------------------
 
@@ -332,7 +241,6 @@ async def test_old_token_is_refused_on_sockets_after_rotation(api, sock):
 
 async def test_shutdown_closes_every_socket_polling_ones_too(config):
     from aiohttp.test_utils import TestClient, TestServer
-    from conftest import Api
 
     from buttonapi import create_app
 
@@ -367,19 +275,12 @@ def _masked_text_frame(text: str) -> bytes:
     return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def test_a_socket_that_stops_reading_holds_up_no_answer_and_no_other_socket(
-    aiohttp_client, config
-):
+async def test_a_socket_that_stops_reading_holds_up_no_answer_and_no_other_socket(start):
     """A client that authenticates and then never reads again: its packets pile up while the
     HTTP answers and every other socket go on as if it were not there."""
-    import dataclasses
     import socket as socket_module
 
-    from conftest import Api
-
-    from buttonapi import create_app
-
-    client = await aiohttp_client(await create_app(dataclasses.replace(config, send_limit="0")))
+    client = await start(send_limit="0")
     api = Api(client)
     alice, bob = await users(api, "alice", "bob")
     reader, writer = await asyncio.open_connection(client.host, client.port)

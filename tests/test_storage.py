@@ -12,7 +12,7 @@ import stat
 from contextlib import closing
 
 import socketio
-from conftest import PASSWORD
+from helpers import PASSWORD, Api, bad_plan_lines
 
 
 async def walk_every_endpoint(api):
@@ -71,17 +71,6 @@ async def walk_every_endpoint(api):
     await api.dm(bob, "alice", "bye")
     await api.ok("generatetoken", {"username": "alice", "password": "N3w!Passw0rd"})
     await api.ok("deleteaccount", {"username": "bob", "password": PASSWORD})
-
-
-def bad_plan_lines(conn, statement):
-    plan = conn.execute("EXPLAIN QUERY PLAN " + statement).fetchall()
-    details = [row[-1] for row in plan]
-    return [
-        line
-        for line in details
-        if (line.startswith("SCAN") and "USING" not in line and "CONSTANT ROW" not in line)
-        or "TEMP B-TREE" in line
-    ]
 
 
 async def test_every_statement_is_served_by_an_index(client, api, db_path):
@@ -143,14 +132,8 @@ async def test_every_change_to_a_channel_shows_in_its_newest_page_at_once(api):
     assert await newest(api, bob) == []
 
 
-async def test_reads_racing_writes_never_keep_a_stale_page(aiohttp_client, config):
-    import dataclasses
-
-    from conftest import Api
-
-    from buttonapi import create_app
-
-    api = Api(await aiohttp_client(await create_app(dataclasses.replace(config, send_limit="0"))))
+async def test_reads_racing_writes_never_keep_a_stale_page(start):
+    api = Api(await start(send_limit="0"))
     alice = await api.user("alice")
     await api.channel(alice, "general")
 

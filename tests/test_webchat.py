@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import PASSWORD, UUID4_RE
+from helpers import PASSWORD, UUID4_RE
 from playwright.async_api import async_playwright, expect
 
 from buttonapi import create_app
