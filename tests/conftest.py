@@ -180,7 +180,7 @@ def db_path(tmp_path):
 def config(db_path):
     from buttonapi import Config  # imported here so tests/ without the server still collect
 
-    return Config(db=str(db_path), bcrypt_rounds=4)
+    return Config(db=str(db_path), bcrypt_rounds=4, register_limit_addr="0")
 
 
 @pytest.fixture
@@ -249,7 +249,8 @@ class Server:
         environ = {
             k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))
         }
-        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4"} | (env or {})
+        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4", "BUTTONAPI_REGISTER_LIMIT_ADDR": "0"}
+        environ |= env or {}
         self.log = open(tmp_path / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "buttonapi.py"), *args],
