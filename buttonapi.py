@@ -32,6 +32,8 @@ from typing import Any
 import bcrypt
 import socketio
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from confusable_homoglyphs import categories, confusables
 
 import bot
 import db
@@ -67,11 +69,18 @@ class Config:
         "30/900", "BUTTONAPI_LOGIN_LIMIT_ADDR", "failed password checks per address: N/S or 0"
     )
     send_limit: str = _setting("20/10", "BUTTONAPI_SEND_LIMIT", "messages per user: N/S or 0")
+    register_limit_addr: str = _setting(
+        "10/3600", "BUTTONAPI_REGISTER_LIMIT_ADDR", "registrations per address: N/S or 0"
+    )
     trusted_proxies: str = _setting(
         "", "BUTTONAPI_TRUSTED_PROXIES", "reverse proxies whose X-Forwarded-For is believed"
     )
     unauthenticated_sockets: int = _setting(
         20, "BUTTONAPI_UNAUTHENTICATED_SOCKETS", "sockets per address not yet authenticated"
+    )
+    max_sockets: int = _setting(10_000, "BUTTONAPI_MAX_SOCKETS", "Engine.IO sessions at once")
+    request_timeout: int = _setting(
+        15, "BUTTONAPI_REQUEST_TIMEOUT", "seconds a client may take to send headers or a body"
     )
     discord_token: str = _setting("", "DISCORD_TOKEN", "bot token; the bridge is off without it")
     discord_guild_id: int = _setting(0, "DISCORD_GUILD_ID", "guild whose text channels bridge")
@@ -120,6 +129,7 @@ OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
 
 USERNAME_LENGTH = "Username needs to be 3-20 chars long!"
 USERNAME_CHARACTERS = "Username can not contain spaces or control characters!"
+USERNAME_LOOKALIKE = "Username can not mix look-alike scripts!"
 PASSWORD_RULES = "Password needs to have 8-20 chars minimum one number minimum one capital letter minimum one special symbol no empty symbols!"  # noqa: E501  (the seed's text, byte for byte)
 INVALID_CREDENTIALS = "Invalid username or password!"
 INVALID_TOKEN = "Invalid token!"
@@ -135,6 +145,7 @@ SENDING_TOO_FAST = "You are sending messages too fast!"
 TRANSPORT_ERRORS = {
     404: "Not found!",
     405: "Method not allowed!",
+    408: "Request timed out!",
     413: "Request body too large!",
 }
 BAD_BODY = "Request body must be a JSON object!"
@@ -293,7 +304,11 @@ def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, An
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # over client_max_size: 413
+    try:
+        async with asyncio.timeout(request.app[config_key].request_timeout):
+            raw = await request.read()  # over client_max_size: 413
+    except TimeoutError:  # a client that sends its body slowly holds nothing for long
+        raise web.HTTPRequestTimeout() from None
     try:
         body = json.loads(
             raw.decode("utf-8"),
@@ -318,15 +333,62 @@ def client_address(request: web.Request) -> str:
     return peer
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt; unicodedata does not
+# expose it), which holds the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0 too.
+DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+# Every character that renders blank: those, the Braille blank, and whitespace (`isspace`,
+# which holds every separator of categories Zs, Zl and Zp).
+BLANK = frozenset(
+    [chr(cp) for low, high in DEFAULT_IGNORABLE for cp in range(low, high + 1)] + ["\u2800"]
+)
+LOOKALIKE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+
+
+def renders_blank(ch: str) -> bool:
+    return ch in BLANK or ch.isspace()
+
+
 def _has_control_or_space(text: str) -> bool:
-    return any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+    return any(renders_blank(ch) or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
-def check_username(username: str) -> None:
+def _lookalike_scripts(ch: str) -> set[str]:
+    """The scripts (of LOOKALIKE_SCRIPTS) in which `ch` has a basic look-alike letter."""
+    found = confusables.is_confusable(ch, greedy=True, preferred_aliases=[]) or []
+    glyphs = [g["c"] for f in found for g in f["homoglyphs"] if len(g["c"]) == 1]
+    return {categories.alias(g) for g in glyphs if ord(g) < 0x500} & LOOKALIKE_SCRIPTS
+
+
+def mixes_lookalike_scripts(name: str) -> bool:
+    """UTS #39's mixed-script confusable, for the scripts people mix to impersonate (Latin,
+    Cyrillic, Greek): the NFKC form mixes them, and every letter outside one of its scripts has
+    a look-alike in that script, so the name passes for a single-script one (`victіm` with a
+    Cyrillic і). `Ωmega` or `ωx` impersonate nothing and are accepted."""
+    name = unicodedata.normalize("NFKC", name)
+    letters = {ch: categories.alias(ch) for ch in name if ch.isalpha()}
+    letters = {ch: script for ch, script in letters.items() if script in LOOKALIKE_SCRIPTS}
+    scripts = set(letters.values())
+    if len(scripts) < 2:
+        return False
+    return any(
+        all(own == script or script in _lookalike_scripts(ch) for ch, own in letters.items())
+        for script in scripts
+    )
+
+
+def check_username(username: str, *, new: bool = False) -> None:
+    """The username rules of SPEC 2, in order; a `new` name also may not mix look-alikes."""
     if not 3 <= len(username) <= 20:
         raise ApiError(411, USERNAME_LENGTH)
     if _has_control_or_space(username):
         raise ApiError(411, USERNAME_CHARACTERS)
+    if new and mixes_lookalike_scripts(username):
+        raise ApiError(411, USERNAME_LOOKALIKE)
 
 
 def check_password(password: str) -> None:
@@ -341,7 +403,7 @@ def check_password(password: str) -> None:
 
 
 def check_message(text: str) -> None:
-    if not 1 <= len(text) <= MAX_MESSAGE or text.isspace():
+    if not 1 <= len(text) <= MAX_MESSAGE or all(renders_blank(ch) for ch in text):
         raise ApiError(411, MESSAGE_LENGTH)
 
 
@@ -451,6 +513,7 @@ class Limits:
         self.login_user = RateLimit(config.login_limit_user)
         self.login_addr = RateLimit(config.login_limit_addr)
         self.send = RateLimit(config.send_limit)
+        self.register_addr = RateLimit(config.register_limit_addr)
         self._settled = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -478,6 +541,13 @@ class Limits:
             self._settled.set()
             self._settled = asyncio.Event()
 
+    def registration(self, address: str) -> None:
+        """Count a registration attempt from `address`; 429 (before any bcrypt work) if over."""
+        wait = self.register_addr.wait(address)
+        if wait:
+            raise too_many(TOO_MANY_ATTEMPTS, wait)
+        self.register_addr.take(address)
+
     def message_created(self, user_id: int) -> None:
         """Count a message about to be created; 429 if the user is over the limit."""
         key = str(user_id)
@@ -491,37 +561,80 @@ class Limits:
 
 
 class PasswordHasher:
-    """bcrypt on worker threads, never on the event loop.
+    """bcrypt on worker threads, never on the event loop, shared fairly between addresses.
+
+    Each client address waits in its own line and the lines take turns (round robin), so a
+    flood of password work from one address delays another address's login by at most one
+    job per busy address, not by the whole flood.
 
     The password is first reduced with SHA-256 (base64, 44 bytes) so that every password the
     rules allow works: bcrypt itself reads at most 72 bytes, and 20 four-byte characters are 80.
     """
 
-    def __init__(self, rounds: int, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, rounds: int, executor: concurrent.futures.Executor, workers: int) -> None:
         self.rounds = rounds
         self.executor = executor
+        self.free = workers  # threads not busy
+        self.lines: OrderedDict[str, deque[tuple[Callable[[], Any], asyncio.Future]]] = (
+            OrderedDict()
+        )
         self._dummy: bytes | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Password jobs queued, not yet on a thread."""
+        return sum(len(line) for line in self.lines.values())
 
     @staticmethod
     def _prehash(password: str) -> bytes:
         return base64.b64encode(hashlib.sha256(password.encode("utf-8")).digest())
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    async def _run(self, address: str, job: Callable[[], Any]) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.lines.setdefault(address, deque()).append((job, future))
+        self._next()
+        return await future
 
-    async def hash(self, password: str) -> str:
+    def _next(self) -> None:
+        """Start the next jobs, one from each address's line in turn."""
+        while self.free and self.lines:
+            address, line = next(iter(self.lines.items()))
+            job, future = line.popleft()
+            if line:
+                self.lines.move_to_end(address)  # the others go first
+            else:
+                del self.lines[address]
+            if future.cancelled():
+                continue
+            self.free -= 1
+            running = asyncio.get_running_loop().run_in_executor(self.executor, job)
+            running.add_done_callback(lambda done, future=future: self._done(done, future))
+
+    def _done(self, done: asyncio.Future, future: asyncio.Future) -> None:
+        self.free += 1
+        if not future.cancelled():
+            if done.exception() is not None:
+                future.set_exception(done.exception())
+            else:
+                future.set_result(done.result())
+        self._next()
+
+    async def hash(self, password: str, address: str) -> str:
         salt = bcrypt.gensalt(self.rounds)
-        hashed = await self._run(bcrypt.hashpw, self._prehash(password), salt)
+        prehashed = self._prehash(password)
+        hashed = await self._run(address, lambda: bcrypt.hashpw(prehashed, salt))
         return hashed.decode("ascii")
 
-    async def check(self, password: str, hashed: str | None) -> bool:
+    async def check(self, password: str, hashed: str | None, address: str) -> bool:
         """Check a password; with no hash (unknown user) spend the same work and say no."""
         if hashed is None:
             if self._dummy is None:
-                self._dummy = (await self.hash(secrets.token_urlsafe(16))).encode("ascii")
-            await self._run(bcrypt.checkpw, self._prehash(password), self._dummy)
+                self._dummy = (await self.hash(secrets.token_urlsafe(16), address)).encode()
+            dummy, prehashed = self._dummy, self._prehash(password)
+            await self._run(address, lambda: bcrypt.checkpw(prehashed, dummy))
             return False
-        return await self._run(bcrypt.checkpw, self._prehash(password), hashed.encode("ascii"))
+        stored, prehashed = hashed.encode("ascii"), self._prehash(password)
+        return await self._run(address, lambda: bcrypt.checkpw(prehashed, stored))
 
 
 # --- endpoints --------------------------------------------------------------------------
@@ -549,11 +662,11 @@ async def check_credentials(request: web.Request, body: dict[str, Any]) -> db.Ro
     username, password = fields(body, "username", "password")
     check_password(password)
     check_username(username)
-    limits = request.app[limits_key]
-    async with limits.password_check(username, client_address(request)) as attempt:
+    limits, address = request.app[limits_key], client_address(request)
+    async with limits.password_check(username, address) as attempt:
         user = await db.user_by_name(request.app[db_key], username)
         hashed = user["password_hash"] if user else None
-        if not await request.app[hasher_key].check(password, hashed) or user is None:
+        if not await request.app[hasher_key].check(password, hashed, address) or user is None:
             raise attempt.failed()
     return user
 
@@ -589,10 +702,14 @@ async def socket_sign_in(database: db.Database, data: dict[str, Any]) -> tuple[d
 async def register(request: web.Request, body: dict[str, Any]) -> web.Response:
     username, password = fields(body, "username", "password")
     check_password(password)
-    check_username(username)
+    check_username(username, new=True)
+    address = client_address(request)
+    request.app[limits_key].registration(address)
     database = request.app[db_key]
-    if db.ascii_lower(username) != db.DELETED and await db.user_by_name(database, username) is None:
-        hashed = await request.app[hasher_key].hash(password)
+    if db.name_key(username) != db.name_key(db.DELETED) and not await db.user_by_name(
+        database, username
+    ):
+        hashed = await request.app[hasher_key].hash(password, address)
         if await db.create_user(database, username, hashed):
             return ok("User registered successfully!", 201)
     raise ApiError(401, "User exists!")
@@ -865,7 +982,7 @@ async def changepassword(request: web.Request, body: dict[str, Any]) -> web.Resp
     (new_password,) = fields(body, "username", "password", "new_password")[2:]
     check_password(new_password)
     user = await check_credentials(request, body)
-    hashed = await request.app[hasher_key].hash(new_password)
+    hashed = await request.app[hasher_key].hash(new_password, client_address(request))
     token = str(uuid.uuid4())
     await db.set_password(request.app[db_key], user["id"], hashed, token)
     await request.app[events_key].drop_user(user["id"], "Token changed!")
@@ -1022,7 +1139,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers, "bcrypt") as executor:
-        app[hasher_key] = PasswordHasher(app[config_key].bcrypt_rounds, executor)
+        app[hasher_key] = PasswordHasher(app[config_key].bcrypt_rounds, executor, workers)
         yield
 
 
@@ -1106,6 +1223,20 @@ async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
 
+class OneLineBadRequests(logging.Filter):
+    """HTTP that aiohttp cannot parse (answered by aiohttp itself with a plain-text 400) is
+    logged as one warning line, not an ERROR with a traceback: a flood of bad requests must not
+    fill the disk."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "%s: %s", (record.getMessage(), ascii(exc.message)[:200])
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Button API V3 server")
     parser.add_argument("--host", help="address to listen on (BUTTONAPI_HOST, default 0.0.0.0)")
@@ -1115,12 +1246,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
     config = Config.from_env(dict(os.environ), host=args.host, port=args.port, db=args.db)
     web.run_app(
         create_app(config),
         host=config.host,
         port=config.port,
         shutdown_timeout=10,
+        keepalive_timeout=config.request_timeout,  # also bounds the wait for a request's headers
         print=lambda text: log.info("%s", text.strip()),
         access_log_format=ACCESS_LOG_FORMAT,
     )

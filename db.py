@@ -23,6 +23,7 @@ import logging
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ import aiosqlite
 log = logging.getLogger("buttonapi.db")
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
 MESSAGE_COLUMNS = (
@@ -56,6 +57,11 @@ MIGRATIONS: dict[int, tuple[str, str]] = {
         " discord_message_id, attempts, not_before, last_error, created_at"
         " FROM discord_outbox_v1; DROP TABLE discord_outbox_v1;",
     ),
+    # 3: users.name_key, so that a new name can not be a look-alike of an existing one.
+    3: (
+        "ALTER TABLE users ADD COLUMN name_key TEXT;",
+        "UPDATE users SET name_key = name_key(username);",
+    ),
 }
 
 Row = dict[str, Any]
@@ -68,6 +74,13 @@ def ascii_lower(text: str) -> str:
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def name_key(name: str) -> str:
+    """A name as Unicode's NFKC_Casefold sees it: `ｖｉｃｔｉｍ`, `Victim` and `victim` are one.
+    New names may not collide on it; lookups stay ASCII-only (`ascii_lower`)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return unicodedata.normalize("NFKC", folded)
 
 
 def now() -> str:
@@ -345,8 +358,12 @@ class Database:
 
 
 def _create_private_file(path: str) -> None:
-    """Create the database file readable by its owner only (it holds tokens)."""
+    """Create the database file readable by its owner only (it holds tokens); an existing
+    file, and its WAL and shared-memory files, are made so too."""
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
 
 
 def _apply_schema(conn: sqlite3.Connection, schema: str) -> None:
@@ -381,6 +398,7 @@ def _prepare_writer(path: str, caches: Caches) -> sqlite3.Connection:
     _create_private_file(path)
     conn = _connect_writer(path)
     try:
+        conn.create_function("name_key", 1, name_key, deterministic=True)
         _apply_schema(conn, SCHEMA_PATH.read_text("utf-8"))
         caches.install(conn)
     except BaseException:
@@ -433,13 +451,17 @@ async def user_by_token(db: Database, token: str) -> Row | None:
 
 
 async def create_user(db: Database, username: str, password_hash: str) -> bool:
-    """Insert a user; False if the name is taken (case-insensitively)."""
+    """Insert a user; False if the name is taken (case-insensitively, or a look-alike)."""
+
+    key = name_key(username)
 
     def step(conn: sqlite3.Connection) -> bool:
+        if conn.execute("SELECT 1 FROM users WHERE name_key = ?", (key,)).fetchone():
+            return False
         cursor = conn.execute(
-            "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)"
+            "INSERT INTO users (username, password_hash, created_at, name_key) VALUES (?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
-            (username, password_hash, now()),
+            (username, password_hash, now(), key),
         )
         return cursor.rowcount == 1
 

@@ -7,8 +7,11 @@ CREATE TABLE IF NOT EXISTS users (
     username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
     password_hash TEXT NOT NULL,
     token         TEXT UNIQUE,                 -- UUID4; NULL until generatetoken
-    created_at    TEXT NOT NULL
+    created_at    TEXT NOT NULL,
+    name_key      TEXT                         -- db.name_key(username): look-alikes collide
 );
+-- register: a new name may not equal an existing one after NFKC and case folding.
+CREATE INDEX IF NOT EXISTS users_by_name_key ON users (name_key);
 
 CREATE TABLE IF NOT EXISTS channels (
     id         INTEGER PRIMARY KEY,

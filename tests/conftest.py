@@ -73,7 +73,7 @@ def config(request, db_path):
     """The server's settings: the test's database file, cheap bcrypt. In a test that uses
     `fake`, the bridge is pointed at it, with no send limit (the bridge tests send in bursts);
     the fake is then set up here, before any server, so that every server stops before it."""
-    plain = Config(db=str(db_path), bcrypt_rounds=4)
+    plain = Config(db=str(db_path), bcrypt_rounds=4, register_limit_addr="0")
     if "fake" not in request.fixturenames:
         return plain
     fake = request.getfixturevalue("fake")

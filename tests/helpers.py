@@ -339,7 +339,8 @@ class Server:
         environ = {
             k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))
         }
-        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4"} | (env or {})
+        environ |= {"BUTTONAPI_BCRYPT_ROUNDS": "4", "BUTTONAPI_REGISTER_LIMIT_ADDR": "0"}
+        environ |= env or {}
         self.log = open(tmp_path / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "buttonapi.py"), *args],
@@ -456,3 +457,13 @@ async def grant_webhooks(fake, api, token, *channels):
     for channel in channels:
         await fake.allow_webhooks(channel)
     await inbound_barrier(fake, api, token, f"barrier {len(fake.dispatched)}")
+
+
+def masked_text_frame(text: str) -> bytes:
+    """A client's WebSocket text frame (RFC 6455: clients mask what they send)."""
+    import os
+
+    payload, mask = text.encode(), os.urandom(4)
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import socketio
-from helpers import TIMESTAMP, WAIT, Api, Sock, barrier, users
+from helpers import TIMESTAMP, WAIT, Api, Sock, barrier, masked_text_frame, users
 
 # --- connecting -------------------------------------------------------------------------
 
@@ -265,16 +265,6 @@ async def test_shutdown_closes_every_socket_polling_ones_too(config):
 # --- slow clients -------------------------------------------------------------------------
 
 
-def _masked_text_frame(text: str) -> bytes:
-    """A client's WebSocket text frame (RFC 6455: clients mask what they send)."""
-    import os
-
-    payload, mask = text.encode(), os.urandom(4)
-    size = len(payload)
-    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
-    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def test_a_socket_that_stops_reading_holds_up_no_answer_and_no_other_socket(start):
     """A client that authenticates and then never reads again: its packets pile up while the
     HTTP answers and every other socket go on as if it were not there."""
@@ -293,7 +283,7 @@ async def test_a_socket_that_stops_reading_holds_up_no_answer_and_no_other_socke
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)).startswith(b"HTTP/1.1 101")
-    writer.write(_masked_text_frame("40" + json.dumps({"token_api_v3": bob})))
+    writer.write(masked_text_frame("40" + json.dumps({"token_api_v3": bob})))
     await writer.drain()
     # from here on the stalled client reads nothing
     healthy = await Sock(str(client.make_url("/"))).connect({"token_api_v3": alice})
