@@ -14,18 +14,20 @@ import base64
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import secrets
+import signal
 import sys
 import time
 import unicodedata
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,8 @@ BAD_BODY = "Request body must be a JSON object!"
 INTERNAL_ERROR = "Internal server error!"
 
 MAX_BODY = 64 * 1024
+SOCKET_SIGN_IN_LIMIT_SOCKET = "10/60"  # failed socket authentications per socket
+SOCKET_SIGN_IN_LIMIT_ADDR = "30/60"  # failed socket authentications per client address
 MAX_NONCE = 64  # characters of a send's idempotency nonce
 MAX_MESSAGE = 2000
 MAX_CHANNEL_NAME = 100
@@ -496,14 +500,14 @@ class RateLimit:
 
 
 class PasswordAttempt:
-    """One password check under the login limits; `failed()` before answering 401."""
+    """One credentials check under a limit; `failed()` before answering 401."""
 
     def __init__(self) -> None:
         self.is_failure = False
 
-    def failed(self) -> ApiError:
+    def failed(self, message: str = INVALID_CREDENTIALS) -> ApiError:
         self.is_failure = True
-        return ApiError(401, INVALID_CREDENTIALS)
+        return ApiError(401, message)
 
 
 class Limits:
@@ -514,6 +518,8 @@ class Limits:
         self.login_addr = RateLimit(config.login_limit_addr)
         self.send = RateLimit(config.send_limit)
         self.register_addr = RateLimit(config.register_limit_addr)
+        self.socket_sid = RateLimit(SOCKET_SIGN_IN_LIMIT_SOCKET)
+        self.socket_addr = RateLimit(SOCKET_SIGN_IN_LIMIT_ADDR)
         self._settled = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -540,6 +546,21 @@ class Limits:
                 limit.settle(key, stamp, counts=attempt.is_failure)
             self._settled.set()
             self._settled = asyncio.Event()
+
+    @contextlib.contextmanager
+    def socket_sign_in(self, sid: str, address: str) -> Iterator[PasswordAttempt]:
+        """Admit a socket's token check, or 429 when the socket or its address failed too
+        often; a failed check (`attempt.failed()`) counts for both."""
+        limits = ((self.socket_sid, sid), (self.socket_addr, address))
+        if wait := max(limit.wait(key) for limit, key in limits):
+            raise too_many(TOO_MANY_ATTEMPTS, wait)
+        attempt = PasswordAttempt()
+        try:
+            yield attempt
+        finally:
+            if attempt.is_failure:
+                for limit, key in limits:
+                    limit.take(key)
 
     def registration(self, address: str) -> None:
         """Count a registration attempt from `address`; 429 (before any bcrypt work) if over."""
@@ -681,17 +702,22 @@ async def member_channel(request: web.Request, user: db.Row, name: str) -> db.Ro
     return channel
 
 
-async def socket_sign_in(database: db.Database, data: dict[str, Any]) -> tuple[db.Row, int | None]:
+async def socket_sign_in(
+    app: web.Application, data: dict[str, Any], sid: str, address: str
+) -> tuple[db.Row, int | None]:
     """A socket's `auth` (or api_v3_connect's data), checked as an endpoint's body is: the
-    token's user and `last_message_id`; realtime.Refused with the error's text."""
+    token's user and `last_message_id`; realtime.Refused with the error's text. Failed
+    attempts are limited per socket and per address (429's answer, without a lookup)."""
+    limits = app[limits_key]
     try:
-        token = data.get("token_api_v3")
-        user = await db.user_by_token(database, token) if isinstance(token, str) else None
-        if user is None:
-            raise ApiError(401, INVALID_TOKEN)
-        (last_id,) = fields(data, "last_message_id?")
+        with limits.socket_sign_in(sid, address) as attempt:
+            token = data.get("token_api_v3")
+            user = await db.user_by_token(app[db_key], token) if isinstance(token, str) else None
+            if user is None:
+                raise attempt.failed(INVALID_TOKEN)
+            (last_id,) = fields(data, "last_message_id?")
     except ApiError as exc:
-        raise realtime.Refused(exc.message) from None
+        raise realtime.Refused(exc.message, **exc.extra) from None
     return user, last_id
 
 
@@ -870,10 +896,12 @@ async def makechannel(request: web.Request, body: dict[str, Any]) -> web.Respons
     token, name = fields(body, "token", "name")
     user = await authenticate(request, token)
     check_channel_name(name)
-    channel_id = await db.create_channel(request.app[db_key], name, user["id"])
-    if channel_id is None:
-        raise ApiError(409, "Channel exists!")
-    await request.app[events_key].channel_created(channel_id, user["id"])
+    events = request.app[events_key]
+    async with events.membership(user["id"]):  # a socket registering meanwhile sees it
+        channel_id = await db.create_channel(request.app[db_key], name, user["id"])
+        if channel_id is None:
+            raise ApiError(409, "Channel exists!")
+        await events.channel_created(channel_id, user["id"])
     return ok("Channel created!", channel_name=name, channel_id=channel_id)
 
 
@@ -893,9 +921,11 @@ async def channel_and_named_user(
 @endpoint
 async def addusertochannel(request: web.Request, body: dict[str, Any]) -> web.Response:
     user, channel, added = await channel_and_named_user(request, body)
-    if not await db.add_member(request.app[db_key], channel["id"], added["id"]):
-        raise ApiError(409, "User is already in this channel!")
-    await request.app[events_key].added_to_channel(added["id"], channel, user["username"])
+    events = request.app[events_key]
+    async with events.membership(added["id"]):
+        if not await db.add_member(request.app[db_key], channel["id"], added["id"]):
+            raise ApiError(409, "User is already in this channel!")
+        await events.added_to_channel(added["id"], channel, user["username"])
     return ok("User added to channel!", channel_name=channel["name"], username=added["username"])
 
 
@@ -935,9 +965,11 @@ async def leavechannel(request: web.Request, body: dict[str, Any]) -> web.Respon
     token, name = fields(body, "token", "name")
     user = await authenticate(request, token)
     channel = await member_channel(request, user, name)
-    if not await db.remove_member(request.app[db_key], channel["id"], user["id"]):
-        raise ApiError(401, NOT_IN_CHANNEL)  # left by a concurrent request
-    await request.app[events_key].removed_from_channel(user["id"], channel, user["username"])
+    events = request.app[events_key]
+    async with events.membership(user["id"]):
+        if not await db.remove_member(request.app[db_key], channel["id"], user["id"]):
+            raise ApiError(401, NOT_IN_CHANNEL)  # left by a concurrent request
+        await events.removed_from_channel(user["id"], channel, user["username"])
     return ok("Left channel!", channel_name=channel["name"])
 
 
@@ -947,9 +979,11 @@ async def removeuserfromchannel(request: web.Request, body: dict[str, Any]) -> w
     database = request.app[db_key]
     if await db.channel_creator(database, channel["id"]) != user["id"]:
         raise ApiError(403, "Only the channel's creator can remove users!")
-    if not await db.remove_member(database, channel["id"], removed["id"]):
-        raise ApiError(404, "User is not in this channel!")
-    await request.app[events_key].removed_from_channel(removed["id"], channel, user["username"])
+    events = request.app[events_key]
+    async with events.membership(removed["id"]):  # a socket re-registering waits, or is moved
+        if not await db.remove_member(database, channel["id"], removed["id"]):
+            raise ApiError(404, "User is not in this channel!")
+        await events.removed_from_channel(removed["id"], channel, user["username"])
     return ok(
         "User removed from channel!", channel_name=channel["name"], username=removed["username"]
     )
@@ -1164,15 +1198,11 @@ async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
 def add_sockets(app: web.Application) -> None:
     """Socket.IO on the app: its server, the events it sends and the socket handlers."""
     config = app[config_key]
-    sio = realtime.socket_server(app, config.cors_origins, MAX_BODY)
-    events = realtime.Events(sio)
-    sockets = realtime.Sockets(
-        events,
-        lambda: app[db_key],
-        socket_sign_in,
-        client_address,
-        config.unauthenticated_sockets,
-    )
+    sessions = realtime.Sessions(config.max_sockets, config.unauthenticated_sockets)
+    sio = realtime.socket_server(app, config.cors_origins, MAX_BODY, sessions, client_address)
+    events = realtime.Events(sio, app[transports_key])
+    sign_in = functools.partial(socket_sign_in, app)
+    sockets = realtime.Sockets(events, lambda: app[db_key], sign_in, sessions)
     sio.register_namespace(sockets)
     app[sio_key] = sio
     app[events_key] = events
@@ -1223,6 +1253,21 @@ async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
 
+async def create_served_app(config: Config) -> web.Application:
+    """The app as `main` serves it: once stopping has begun, a second SIGINT or SIGTERM is
+    noted and changes nothing (the stop is bounded already; an interrupted one would lose the
+    database's orderly close)."""
+    app = await create_app(config)
+
+    async def ignore_further_signals(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, log.info, "already stopping")
+
+    app.on_shutdown.insert(0, ignore_further_signals)
+    return app
+
+
 class OneLineBadRequests(logging.Filter):
     """HTTP that aiohttp cannot parse (answered by aiohttp itself with a plain-text 400) is
     logged as one warning line, not an ERROR with a traceback: a flood of bad requests must not
@@ -1249,7 +1294,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
     config = Config.from_env(dict(os.environ), host=args.host, port=args.port, db=args.db)
     web.run_app(
-        create_app(config),
+        create_served_app(config),
         host=config.host,
         port=config.port,
         shutdown_timeout=10,

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import socketio
@@ -26,7 +28,14 @@ import db
 
 TOO_MANY_SOCKETS = "Too many unauthenticated connections from your address!"
 SOCKETS_CLOSE_TIMEOUT = 1  # seconds a shutdown waits for sockets to finish closing
+SHUTDOWN_TIMEOUT = 5  # seconds the whole closing of sockets may take, whatever clients do
 MAX_REPLAY = 1000  # messages replayed to a socket that reconnects with last_message_id
+MAX_QUEUED = 1024 * 1024  # bytes of events a socket may leave unread before it is dropped
+# Events a client may not send: the library's own (a client sending `connect` or `disconnect`
+# as an event would run the server's handlers).
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "ping", "pong"})
+
+log = logging.getLogger("buttonapi.realtime")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -116,14 +125,15 @@ CREATED = {
 
 class Events:
     """Every event the server sends, built here; fanned out through rooms, off the HTTP
-    response's path."""
+    response's path. A socket being greeted (its `ready` and `replay`) has its live events
+    held back, in order, until the greeting is queued: no other socket waits for it."""
 
-    def __init__(self, sio: socketio.AsyncServer) -> None:
+    def __init__(self, sio: socketio.AsyncServer, transports: OpenTransports) -> None:
         self.sio = sio
+        self.transports = transports
         self._tasks: set[asyncio.Task] = set()
-        self._holds = 0
-        self._released = asyncio.Event()
-        self._released.set()
+        self._held: dict[str, list[eio_packet.Packet]] = {}  # Engine.IO sid: held events
+        self._memberships: dict[int, tuple[asyncio.Lock, int]] = {}  # user id: lock, users
 
     # what happened
 
@@ -156,6 +166,23 @@ class Events:
         await self._leave(user_id, channel_room(channel["id"]))
         self._membership("removed_from_channel", user_id, channel, by)
 
+    @contextlib.asynccontextmanager
+    async def membership(self, user_id: int) -> AsyncIterator[None]:
+        """One user's membership changes and socket registrations, one at a time: a change
+        committed and applied to the rooms inside, or a registration reading the channels
+        inside, never interleave (a removed member can not slip back into a room)."""
+        lock, users = self._memberships.get(user_id, (asyncio.Lock(), 0))
+        self._memberships[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._memberships[user_id]
+            if users == 1:
+                del self._memberships[user_id]
+            else:
+                self._memberships[user_id] = (lock, users - 1)
+
     def _membership(self, event: str, user_id: int, channel: db.Row, by: str) -> None:
         data = {"channel_name": channel["name"], "channel_id": channel["id"], "by": by}
         self._send(event, data, user_room(user_id))
@@ -163,8 +190,39 @@ class Events:
     async def drop_user(self, user_id: int, message: str) -> None:
         """Tell every socket of a user why, then disconnect it."""
         for sid in self._sids(user_room(user_id)):
-            await self.sio.emit("api_v3_error", {"message": message}, to=sid)
+            await self.tell(sid, "api_v3_error", {"message": message})
             await self.sio.disconnect(sid)
+
+    async def tell(self, sid: str, event: str, data: Any) -> None:
+        """One event to one socket, now (an answer to what it sent)."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            await self._deliver(eio_sid, self._packet(event, data))
+
+    # greeting a socket
+
+    def hold(self, sid: str) -> None:
+        """Hold the socket's live events back (they queue, in order) until `greet`."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            self._held.setdefault(eio_sid, [])
+
+    async def greet(self, sid: str, greeting: list[tuple[str, Any]]) -> None:
+        """Send the socket its `ready` (and `replay`), then the live events held back."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is None:
+            return
+        try:
+            for event, data in greeting:
+                await self._deliver(eio_sid, self._packet(event, data))
+            while held := self._held.get(eio_sid):
+                await self._deliver(eio_sid, held.pop(0))
+        finally:
+            self._held.pop(eio_sid, None)
+
+    def greet_later(self, sid: str, greeting: list[tuple[str, Any]]) -> None:
+        """`greet` once the socket's CONNECT answer is queued (after the connect handler)."""
+        self._track(asyncio.create_task(self.greet(sid, greeting)))
 
     # how it is sent
 
@@ -176,48 +234,36 @@ class Events:
         """Queue an event; the HTTP response does not wait for slow clients."""
         self._track(asyncio.create_task(self._fan_out(event, data, room)))
 
+    def _packet(self, event: str, data: Any) -> eio_packet.Packet:
+        """The Engine.IO packet of a Socket.IO event, encoded once for every socket."""
+        packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
+        return eio_packet.Packet(eio_packet.MESSAGE, packet.encode())
+
     async def _fan_out(self, event: str, data: Any, room: str | list[str]) -> None:
-        if self._holds:  # a socket is being sent its replay: live events come after it
-            await self._released.wait()
         # What AsyncServer.emit does for a room, less its task per socket (to 1000 sockets the
         # tasks cost about a sixth of the fan-out): encode the packet once, then queue it to
         # each socket in turn (an Engine.IO socket's queue never blocks).
-        packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
-        encoded = packet.encode()
-        if not isinstance(encoded, str):  # binary attachments: the library's own way
-            await self.sio.emit(event, data, to=room)
-            return
-        message = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        message = self._packet(event, data)
         for _, eio_sid in self.sio.manager.get_participants("/", room):
-            await self.sio.eio.send_packet(eio_sid, message)
+            held = self._held.get(eio_sid)
+            if held is not None:
+                held.append(message)
+            else:
+                await self._deliver(eio_sid, message)
 
-    def hold(self) -> Callable[[], None]:
-        """Hold live events back (they queue, in order) until the returned release is called."""
-        self._holds += 1
-        self._released.clear()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._holds -= 1
-                if not self._holds:
-                    self._released.set()
-
-        return release
-
-    def greet(self, sid: str, greeting: list[tuple[str, Any]], release: Callable[[], None]) -> None:
-        """Send a socket its `ready` (and `replay`), then release the live events held back."""
-
-        async def send() -> None:
-            try:
-                for event, data in greeting:
-                    await self.sio.emit(event, data, to=sid)
-            finally:
-                release()
-
-        self._track(asyncio.create_task(send()))
+    async def _deliver(self, eio_sid: str, message: eio_packet.Packet) -> None:
+        """Queue a packet to a socket; a socket that left over MAX_QUEUED bytes unread is
+        dropped instead, and its queue freed."""
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        if socket.queue.bytes > MAX_QUEUED:
+            log.warning("a socket left %d bytes of events unread: dropped", socket.queue.bytes)
+            socket.queue.clear()
+            self.transports.cut(eio_sid, self.sio.environ.get(eio_sid))
+            await socket.close(wait=False, abort=True, reason=self.sio.eio.reason.TRANSPORT_ERROR)
+            return
+        await socket.send(message)
 
     def _sids(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants("/", room)]
@@ -241,149 +287,250 @@ class Events:
 
 
 class Refused(Exception):
-    """A socket's credentials refused; the client is told `message`."""
+    """A socket's credentials refused; the client is told `message` (and `extra`)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.extra = extra
 
 
 # A socket's `auth` (or api_v3_connect's data) checked: the token's user and the socket's
-# `last_message_id` (None: no replay), or Refused.
-SignIn = Callable[[db.Database, dict[str, Any]], Awaitable[tuple[db.Row, int | None]]]
+# `last_message_id` (None: no replay), or Refused. Given the socket's sid and client address
+# too (failed attempts are limited per socket and per address).
+SignIn = Callable[[dict[str, Any], str, str], Awaitable[tuple[db.Row, int | None]]]
+
+
+class Sessions:
+    """Engine.IO sessions, counted from their handshake: at most `max_sockets` at once, and
+    per client address at most `max_waiting` not (yet) authenticated. One more than that is
+    let through the handshake, so that a Socket.IO client hears why it is refused."""
+
+    def __init__(self, max_sockets: int, max_waiting: int) -> None:
+        self.max_sockets = max_sockets
+        self.max_waiting = max_waiting
+        self.live: set[str] = set()
+        self.waiting: dict[str, str] = {}  # Engine.IO sid: address, while not authenticated
+        self.per_address: Counter[str] = Counter()
+
+    def opened(self, eio_sid: str, address: str) -> bool:
+        """A handshake: False when it must be refused."""
+        if len(self.live) >= self.max_sockets or self.per_address[address] > self.max_waiting:
+            return False
+        self.live.add(eio_sid)
+        self.waiting[eio_sid] = address
+        self.per_address[address] += 1
+        return True
+
+    def crowded(self, eio_sid: str) -> bool:
+        """Whether the address already has its fill of other sockets waiting."""
+        address = self.waiting.get(eio_sid)
+        return address is not None and self.per_address[address] - 1 >= self.max_waiting
+
+    def address(self, eio_sid: str) -> str | None:
+        return self.waiting.get(eio_sid)
+
+    def authenticated(self, eio_sid: str) -> None:
+        address = self.waiting.pop(eio_sid, None)
+        if address is not None:
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]
+
+    def closed(self, eio_sid: str) -> None:
+        self.live.discard(eio_sid)
+        self.authenticated(eio_sid)
 
 
 class Sockets(socketio.AsyncNamespace):
     """The handlers of namespace "/". A socket connects with `auth` {token_api_v3,
     last_message_id?}, or without and then sends `api_v3_connect` with the same; once
-    registered it is in its user's rooms and is sent `ready` (and a `replay`)."""
+    registered it is in its user's rooms and is sent `ready` (and a `replay`). A socket's
+    packets are handled one after another (async_handlers off): one socket can never have two
+    registrations, or two replays, under way at once."""
 
     def __init__(
         self,
         events: Events,
         database: Callable[[], db.Database],  # opened after the handlers are made
         sign_in: SignIn,
-        address: Callable[[web.Request], str],
-        max_unauthenticated: int,
+        sessions: Sessions,
     ) -> None:
         super().__init__("/")
         self.events = events
         self.database = database
         self.sign_in = sign_in
-        self.address = address
-        self.max_unauthenticated = max_unauthenticated
-        # Sockets connected but not (yet) authenticated, per client address: they cost memory
-        # and receive nothing, so each address may hold only a few.
-        self.unauthenticated: dict[str, int] = {}
+        self.sessions = sessions
+        self.addresses: dict[str, str] = {}  # sid: client address
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
-        """An event with no handler is not handled (a client asking for an ack gets none)."""
+        """An event with no handler is not handled (a client asking for an ack gets none);
+        a handler given the wrong number of arguments ignores the packet."""
         if not isinstance(event, str) or not hasattr(self, f"on_{event}"):
             return self.server.not_handled
-        return await super().trigger_event(event, *args)
+        try:
+            return await super().trigger_event(event, *args)
+        except TypeError:
+            return self.server.not_handled
 
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
+        self.addresses[sid] = self.sessions.address(eio_sid) or ""
         if not auth:  # no auth, or an empty dict: connect unauthenticated
-            address = self.address(environ["aiohttp.request"])
-            if self.unauthenticated.get(address, 0) >= self.max_unauthenticated:
+            if self.sessions.crowded(eio_sid):
                 raise socketio.exceptions.ConnectionRefusedError(TOO_MANY_SOCKETS)
-            self.unauthenticated[address] = self.unauthenticated.get(address, 0) + 1
-            await self.save_session(sid, {"unauthenticated_from": address})
             return
-        release = self.events.hold()
+        self.events.hold(sid)
         try:
             greeting = await self._register(sid, auth)
-        except Refused as exc:
-            release()
-            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
-        except BaseException:
-            release()
+        except BaseException as exc:
+            await self.events.greet(sid, [])  # nothing held is sent to a refused socket
+            if isinstance(exc, Refused):
+                raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
             raise
         # After this handler returns the CONNECT packet is queued; the greeting follows it.
-        self.events.greet(sid, greeting, release)
+        self.events.greet_later(sid, greeting)
 
     async def on_api_v3_connect(self, sid: str, data: Any = None) -> None:
-        release = self.events.hold()
+        self.events.hold(sid)
+        greeting: list[tuple[str, Any]] = []
         try:
-            for event, payload in await self._register(sid, data):
-                await self.emit(event, payload, to=sid)
+            greeting = await self._register(sid, data)
         except Refused as exc:
-            await self.emit("api_v3_error", {"message": exc.message}, to=sid)
+            greeting = [("api_v3_error", {"message": exc.message, **exc.extra})]
         finally:
-            release()
+            await self.events.greet(sid, greeting)
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
-        await self._authenticated(sid)
-
-    async def _authenticated(self, sid: str) -> None:
-        """The socket is no longer counted as unauthenticated."""
-        session = await self.get_session(sid)
-        address = session.pop("unauthenticated_from", None)
-        if address is not None:
-            self.unauthenticated[address] -= 1
-            if not self.unauthenticated[address]:
-                del self.unauthenticated[address]
-            await self.save_session(sid, session)
+        self.addresses.pop(sid, None)
 
     async def _register(self, sid: str, data: Any) -> list[tuple[str, Any]]:
-        """Register a socket as the token's user (live events must be held back meanwhile).
+        """Register a socket as the token's user (its live events are held back meanwhile).
 
         Returns what the socket is sent: `ready`, then with `last_message_id` a `replay` of
         every message it may read with a larger id. Raises Refused."""
         data = data if isinstance(data, dict) else {}
-        database = self.database()
-        user, last_id = await self.sign_in(database, data)
+        user, last_id = await self.sign_in(data, sid, self.addresses.get(sid, ""))
         session = await self.get_session(sid)
         if session.get("user_id") not in (None, user["id"]):
             for room in self.rooms(sid):
                 if room != sid:
                     await self.leave_room(sid, room)
-        rooms = [user_room(user["id"]), AUTHED_ROOM]
-        rooms += [channel_room(c["channel_id"]) for c in await db.channels_of(database, user["id"])]
-        for room in rooms:
-            await self.enter_room(sid, room)
+        await self._enter_rooms(sid, user["id"])
         try:
-            await self.sign_in(database, data)  # the token may have been rotated meanwhile
+            await self.sign_in(data, sid, self.addresses.get(sid, ""))  # rotated meanwhile?
         except Refused:
-            for room in rooms:
-                await self.leave_room(sid, room)
+            for room in self.rooms(sid):
+                if room != sid:
+                    await self.leave_room(sid, room)
             raise
-        await self._authenticated(sid)
+        self.sessions.authenticated(self.server.manager.eio_sid_from_sid(sid, "/"))
         await self.save_session(sid, {"user_id": user["id"], "username": user["username"]})
         ready = f"Server has accepted the connection and registered you as : {user['username']}"
         greeting: list[tuple[str, Any]] = [("ready", ready)]
         if last_id is not None:
-            since = await db.readable_since(database, user["id"], last_id, MAX_REPLAY + 1)
+            since = await db.readable_since(self.database(), user["id"], last_id, MAX_REPLAY + 1)
             replay = {"messages": since[:MAX_REPLAY], "replay_truncated": len(since) > MAX_REPLAY}
             greeting.append(("replay", replay))
         return greeting
+
+    async def _enter_rooms(self, sid: str, user_id: int) -> None:
+        """Into the user's rooms and their channels', the channels read while no membership
+        of the user can change (Events.membership)."""
+        async with self.events.membership(user_id):
+            channels = await db.channels_of(self.database(), user_id)
+            for room in (user_room(user_id), AUTHED_ROOM):
+                await self.enter_room(sid, room)
+            for channel in channels:
+                await self.enter_room(sid, channel_room(channel["channel_id"]))
 
 
 # --- the server and its transports ------------------------------------------------------
 
 
-def socket_server(app: web.Application, cors_origins: str, max_body: int) -> socketio.AsyncServer:
+class ByteQueue(asyncio.Queue):
+    """An Engine.IO socket's queue of packets that knows how many bytes it holds."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self.bytes = 0
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.bytes += _size(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.bytes -= _size(item)
+        return item
+
+    def clear(self) -> None:
+        """Forget every packet still queued (the socket is being dropped)."""
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
+
+
+def _size(item: Any) -> int:
+    data = getattr(item, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 0
+
+
+class SocketServer(socketio.AsyncServer):
+    """python-socketio's server, less what a client must not be able to do: send the
+    library's own events (`42["disconnect"]` would run the server's disconnect handler) or
+    binary packets (this API has none; their attachments would pile up in memory)."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if not isinstance(data, str) or data[:1] in ("5", "6"):  # binary event or ack
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
+        if not isinstance(data, list) or not data or data[0] in RESERVED_EVENTS:
+            return
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+
+def socket_server(
+    app: web.Application,
+    cors_origins: str,
+    max_body: int,
+    sessions: Sessions,
+    address: Callable[[web.Request], str],
+) -> socketio.AsyncServer:
     """A Socket.IO server attached to the app (its handlers are registered apart)."""
     origins = cors_origins.strip()
-    sio = socketio.AsyncServer(
+    sio = SocketServer(
         async_mode="aiohttp",
         cors_allowed_origins="*" if origins == "*" else [o.strip() for o in origins.split(",")],
+        cors_credentials=False,  # the API's CORS gives none either: tokens are not cookies
         logger=False,
         engineio_logger=False,
         max_http_buffer_size=max_body,  # a bigger packet closes the connection
+        async_handlers=False,  # one socket's packets one at a time (see Sockets)
     )
     sio.attach(app)
+    sio.eio.create_queue = ByteQueue
+    sio_connect = sio.eio.handlers["connect"]
     sio_disconnect = sio.eio.handlers["disconnect"]
+
+    async def eio_connect(eio_sid: str, environ: dict) -> bool | None:
+        if not sessions.opened(eio_sid, address(environ["aiohttp.request"])):
+            return False  # 401 at the handshake: too many sessions, in all or unauthenticated
+        return await sio_connect(eio_sid, environ)
 
     async def eio_disconnect(eio_sid: str, reason: str) -> None:
         # python-engineio leaves a long-poll GET pending on a socket that its client closed
         # (a CLOSE packet in a POST) until the ping timeout, ~45 s; wake it so it ends now
         # and a shutdown does not wait for it. A close by the server sends its own packet.
+        sessions.closed(eio_sid)
         socket = sio.eio.sockets.get(eio_sid)
         if reason == sio.eio.reason.CLIENT_DISCONNECT and socket and not socket.upgraded:
             socket.queue.put_nowait(None)
         await sio_disconnect(eio_sid, reason)
 
+    sio.eio.on("connect", eio_connect)
     sio.eio.on("disconnect", eio_disconnect)
     return sio
 
@@ -424,15 +571,32 @@ class OpenTransports:
                 await self.idle.wait()
         for request in list(self.requests.values()):
             if request.transport is not None:
-                request.transport.close()
+                request.transport.abort()  # close() would wait for a reader that is gone
+
+    def cut(self, eio_sid: str, environ: dict | None) -> None:
+        """Close the connections of one Engine.IO session: its websocket (opened by its
+        handshake, or upgraded with its sid) and its long-polls in flight."""
+        first = environ.get("aiohttp.request") if environ else None
+        for request in list(self.requests.values()):
+            if request is first or request.query.get("sid") == eio_sid:
+                if request.transport is not None:
+                    request.transport.abort()
 
 
 async def shutdown(sio: socketio.AsyncServer, events: Events, transports: OpenTransports) -> None:
-    """Before the web server stops: every socket is told and closed, polling ones too."""
-    await events.drain()
-    for sid, _ in list(sio.manager.get_participants("/", None)):
-        await sio.disconnect(sid)
-    if sio.eio.sockets:
-        await sio.eio.disconnect()
-    await transports.close()
+    """Before the web server stops: every socket is told and closed, polling ones too, in at
+    most SHUTDOWN_TIMEOUT seconds whatever the clients do (an abandoned long-polling session
+    never polls again; a vanished client never answers a close)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            await events.drain()
+            for sid, _ in list(sio.manager.get_participants("/", None)):
+                await sio.disconnect(sid)
+            for socket in list(sio.eio.sockets.values()):
+                # not eio.disconnect(): it waits until each queue is read, which an
+                # abandoned long-polling session never does
+                await socket.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)
+                if not socket.upgraded:
+                    socket.queue.put_nowait(None)  # a long-poll in flight returns now
+            await transports.close()
     await sio.shutdown()

@@ -142,6 +142,11 @@ def test_repeated_replays_to_a_socket_that_never_reads_are_bounded(servers):
 
 
 async def test_a_flood_of_junk_authentications_delays_no_other_users_events(aiohttp_client, config):
+    """A raw websocket (on a thread of its own, like another machine) pours junk
+    `api_v3_connect` packets in as fast as the server reads them, while alice's public
+    messages must reach her watching socket as fast as ever."""
+    import threading
+
     from buttonapi import create_app
 
     client = await aiohttp_client(await create_app(dataclasses.replace(config, send_limit="0")))
@@ -149,20 +154,21 @@ async def test_a_flood_of_junk_authentications_delays_no_other_users_events(aioh
     alice = await api.user("alice")
     watcher = await Sock(str(client.make_url("/"))).connect({"token_api_v3": alice})
     await watcher.next("ready")
-    session = aiohttp.ClientSession()
-    ws = await session.ws_connect(client.make_url("/socket.io/?EIO=4&transport=websocket"))
-    await ws.receive_str()
-    await ws.send_str("40")
     junk = "42" + json.dumps(["api_v3_connect", {"token_api_v3": "junk"}])
-    stop = asyncio.Event()
+    burst = b"".join(masked_text_frame(junk) for _ in range(1000))
+    stop = threading.Event()
 
-    async def flood():
-        while not stop.is_set() and not ws.closed:
-            for _ in range(200):
-                await ws.send_str(junk)
-            await asyncio.sleep(0)
+    def flood(sock):
+        with sock:
+            while not stop.is_set():
+                try:
+                    sock.sendall(burst)
+                except OSError:  # dropped by the server
+                    return
 
-    flooding = asyncio.create_task(flood())
+    sock = await asyncio.to_thread(raw_websocket, client.port, "40")
+    flooding = threading.Thread(target=flood, args=(sock,))
+    flooding.start()
     try:
         worst = 0.0
         for i in range(20):
@@ -170,12 +176,11 @@ async def test_a_flood_of_junk_authentications_delays_no_other_users_events(aioh
             await api.public(alice, f"live {i}")
             await watcher.next("new_public_message", after=len(watcher.events))
             worst = max(worst, time.monotonic() - start)
-        assert worst < 1.0, worst  # it was 4 s and more
+        assert worst < 0.5, worst  # it was 4 s and more
     finally:
         stop.set()
-        await flooding
-        await ws.close()
-        await session.close()
+        sock.shutdown(socket.SHUT_RDWR)
+        await asyncio.to_thread(flooding.join)
         await watcher.close()
 
 
@@ -223,11 +228,16 @@ async def test_connect_and_disconnect_sent_as_events_are_ignored(aiohttp_client,
     sockets = []
     try:
         for _ in range(12):
-            ws = await session.ws_connect(client.make_url("/socket.io/?EIO=4&transport=websocket"))
+            try:
+                ws = await session.ws_connect(
+                    client.make_url("/socket.io/?EIO=4&transport=websocket")
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 401  # refused at the handshake: the cap plus one is full
+                continue
             sockets.append(ws)
             opened = await ws.receive_str()
-            if not opened.startswith("0{"):
-                continue
+            assert opened.startswith("0{")
             await ws.send_str("40")
             answer = await asyncio.wait_for(ws.receive_str(), WAIT)
             if answer.startswith("40"):
@@ -248,7 +258,13 @@ async def test_connect_and_disconnect_sent_as_events_are_ignored(aiohttp_client,
 # --- 5: a removal racing a re-authentication --------------------------------------------------
 
 
-async def test_a_removed_member_re_authenticating_meanwhile_gets_no_more_events(api, client):
+async def test_a_removed_member_re_authenticating_meanwhile_gets_no_more_events(
+    aiohttp_client, config
+):
+    from buttonapi import create_app
+
+    client = await aiohttp_client(await create_app(dataclasses.replace(config, send_limit="0")))
+    api = Api(client)
     alice, bob = await api.user("alice"), await api.user("bob")
     url = str(client.make_url("/"))
     bob_sock = await Sock(url).connect({"token_api_v3": bob})
