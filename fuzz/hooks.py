@@ -11,7 +11,7 @@ Two things schemathesis cannot know from the document alone:
   accepts only the integer spelling (SPEC section 1: floats are invalid, 400) and schemathesis
   deliberately spells some integers as whole floats. `respell_whole_floats` writes them back as
   integers. That never changes whether a body matches the schema; the 400 for `1.0` is pinned
-  by tests/test_general.py instead.
+  by tests/test_validation.py instead.
 
 Runs in the fuzzing virtualenv only (requirements-fuzz.txt), never under pytest.
 """
