@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import bcrypt
 import socketio
 from aiohttp import web
@@ -1268,15 +1269,21 @@ async def create_served_app(config: Config) -> web.Application:
     return app
 
 
-class OneLineBadRequests(logging.Filter):
-    """HTTP that aiohttp cannot parse (answered by aiohttp itself with a plain-text 400) is
-    logged as one warning line, not an ERROR with a traceback: a flood of bad requests must not
-    fill the disk."""
+class OneLine(logging.Filter):
+    """Failures a client or a network outage can cause over and over, logged as one warning
+    line each, not an ERROR with a traceback, so that a flood or an outage can not fill the
+    disk: HTTP that aiohttp cannot parse (it answers a plain-text 400 itself), and discord.py's
+    reconnects while Discord can not be reached."""
+
+    def __init__(self, *kinds: type[BaseException]) -> None:
+        super().__init__()
+        self.kinds = kinds
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = "%s: %s", (record.getMessage(), ascii(exc.message)[:200])
+        if isinstance(exc, self.kinds):
+            text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            record.msg, record.args = "%s: %s", (record.getMessage(), ascii(text)[:200])
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
@@ -1291,7 +1298,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
+    logging.getLogger("aiohttp.server").addFilter(OneLine(HttpProcessingError))
+    logging.getLogger("discord.client").addFilter(OneLine(OSError, aiohttp.ClientError))
     config = Config.from_env(dict(os.environ), host=args.host, port=args.port, db=args.db)
     web.run_app(
         create_served_app(config),
