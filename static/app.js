@@ -324,6 +324,7 @@ function connect() {
 
 function receive(m) {
   if (state.deleted.has(m.id)) return;
+  if (!isMine(m)) announce(`${m.sender}: ${m.message}`);
   if (m.kind === "dm") noteConversation(m);
   const key = keyOfMessage(m);
   if (key === viewKey(state.view)) {
@@ -336,6 +337,11 @@ function receive(m) {
   if (m.kind === "channel" && !state.channels.some((c) => `channel:${asciiLower(c.channel_name)}` === key)) {
     background(loadChannels);
   }
+}
+
+// Screen readers hear each new message of others once, politely, wherever the focus is.
+function announce(text) {
+  $("announcer").textContent = text.length > 300 ? `${text.slice(0, 300)}…` : text;
 }
 
 function noteConversation(m) {

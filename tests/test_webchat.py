@@ -536,3 +536,92 @@ async def test_a_phone_sized_screen_with_the_keyboard_alone(server, browser):
     await expect(page.locator("#view-title")).to_be_focused()
     await expect(alice.texts).to_have_text(["hello from my phone"])
     await alice.check_clean()
+
+
+# --- accessibility: axe-core on every view, at two sizes, in both colour schemes -----------
+
+AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+SIZES = {
+    "desktop": {"viewport": {"width": 1100, "height": 720}},
+    "phone": {"viewport": {"width": 390, "height": 760}, "is_mobile": True, "has_touch": True},
+}
+
+
+async def audit(person, view):
+    """axe-core's WCAG 2.1 A/AA rules on the page as it is now: no serious or critical
+    violation, each reported with its rule, its elements and the help text."""
+    if not await person.page.evaluate("typeof window.axe === 'object'"):
+        await person.page.add_script_tag(path=str(AXE))  # the page's CSP is bypassed (context)
+    found = await person.page.evaluate(
+        """async () => (await axe.run(document, {runOnly: {type: "tag",
+            values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}}))
+            .violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                   nodes: v.nodes.map(n => n.target.join(" ")).slice(0, 5)}))"""
+    )
+    bad = [v for v in found if v["impact"] in ("serious", "critical")]
+    assert bad == [], f"{view}: " + "; ".join(
+        f"{v['id']} ({v['impact']}): {v['help']} at {v['nodes']}" for v in bad
+    )
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+async def test_every_view_passes_the_accessibility_audit(server, browser, size, scheme):
+    assert AXE.is_file(), "axe-core is missing: npm ci --prefix tests"
+    options = {**SIZES[size], "color_scheme": scheme, "bypass_csp": True}
+    bob_token = await api_user(server, "bob")
+    for n in range(60):  # a long conversation
+        await api(server, "senddcmsgwithtoken", {"token": bob_token, "message": f"line {n} " * 9})
+    alice = await Person.open(browser, server, "alice", **options)
+    await audit(alice, "login")
+    alice.name = "al"
+    await alice.register()
+    await expect(alice.alert).to_have_text("Username needs to be 3-20 chars long!")
+    await audit(alice, "login with an error")
+    alice.name = "alice"
+    await alice.register()
+    await alice.expect_live()
+    ground = await alice.page.evaluate(
+        "getComputedStyle(document.documentElement).backgroundColor"
+    )
+    assert ground == {"light": "rgb(243, 244, 247)", "dark": "rgb(18, 22, 29)"}[scheme]
+    await audit(alice, "public feed")
+    menu = alice.page.get_by_role("button", name="Menu")
+    if size == "phone":
+        await menu.click()
+        await audit(alice, "menu open")
+    await alice.submit("channel-form", "New channel", "general")
+    await expect(alice.page.locator("#view-title")).to_have_text("# general")
+    await alice.send("hello channel")
+    await audit(alice, "a channel")
+    await alice.submit("add-user-form", "Add a user to this channel", "nobody")
+    await expect(alice.alert).to_have_text("User not found!")
+    await audit(alice, "a channel with an error")
+    await alice.page.get_by_role("button", name="Dismiss").click()
+    await api(server, "senddm", {"token": bob_token, "username": "alice", "message": "psst"})
+    if size == "phone":
+        await menu.click()
+    await alice.open_conversation("bob")
+    await audit(alice, "a DM")
+    await alice.screenshot(f"audit-{size}-{scheme}")
+    assert alice.problems == []
+
+
+async def test_new_messages_and_errors_are_announced_without_moving_the_focus(server, browser):
+    bob_token = await api_user(server, "bob")
+    alice = await Person.open(browser, server, "alice", **SIZES["desktop"])
+    await alice.register()
+    await alice.expect_live()
+    box = alice.page.get_by_label("Message", exact=True)
+    await box.focus()
+    await api(server, "senddcmsgwithtoken", {"token": bob_token, "message": "hello from bob"})
+    announcer = alice.page.locator("#announcer")
+    await expect(announcer).to_have_attribute("aria-live", "polite")
+    await expect(announcer).to_have_text("bob: hello from bob")
+    await expect(box).to_be_focused()
+    await box.fill("   ")
+    await box.press("Enter")
+    alert = alice.page.locator("#alert")
+    await expect(alert).to_have_attribute("role", "alert")  # assertive, for errors only
+    await expect(alice.alert).to_have_text("Message needs to be 1-2000 chars long!")
+    await expect(box).to_be_focused()
