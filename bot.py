@@ -761,7 +761,12 @@ class Bridge:
             except discord.PrivilegedIntentsRequired:
                 log.error("enable the Message Content intent of the bot (see README)")
                 return
+            except (OSError, aiohttp.ClientError) as exc:  # Discord unreachable: one line
+                failures += 1
+                log.warning("Discord can not be reached (%s); trying again", exc)
             except Exception:
+                if self._closing:  # closed while it reconnected: discord.py may trip on it
+                    return
                 failures += 1
                 log.exception("the Discord client stopped; starting again")
             finally:

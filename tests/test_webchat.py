@@ -581,9 +581,7 @@ async def test_every_view_passes_the_accessibility_audit(server, browser, size, 
     alice.name = "alice"
     await alice.register()
     await alice.expect_live()
-    ground = await alice.page.evaluate(
-        "getComputedStyle(document.documentElement).backgroundColor"
-    )
+    ground = await alice.page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
     assert ground == {"light": "rgb(243, 244, 247)", "dark": "rgb(18, 22, 29)"}[scheme]
     await audit(alice, "public feed")
     menu = alice.page.get_by_role("button", name="Menu")
