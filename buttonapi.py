@@ -1411,6 +1411,35 @@ async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+EXTERNAL_POLL = 1.0  # seconds between checks for the command line's writes (sockets)
+
+
+async def external_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The command line writes from another process: requests see its changes at once
+    (db.Database.check_external before any cache), and this watch drops the sockets of a
+    user it banned within EXTERNAL_POLL seconds."""
+
+    async def watch() -> None:
+        database, sio, events = app[db_key], app[sio_key], app[events_key]
+        seen = database.external_changes
+        while True:
+            await asyncio.sleep(EXTERNAL_POLL)
+            database.check_external()
+            if database.external_changes == seen:
+                continue
+            seen = database.external_changes
+            user_ids = set()
+            for sid, _ in list(sio.manager.get_participants("/", realtime.AUTHED_ROOM)):
+                user_ids.add((await sio.get_session(sid)).get("user_id"))
+            for user_id in await db.banned_among(database, sorted(user_ids - {None})):
+                await events.drop_user(user_id, BANNED)
+
+    task = asyncio.create_task(watch(), name="buttonapi-external-watch")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def add_sockets(app: web.Application) -> None:
     """Socket.IO on the app: its server, the events it sends and the socket handlers."""
     config = app[config_key]
@@ -1460,7 +1489,7 @@ async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None)
     app[config_key] = config
     app[bridge_timing_key] = bridge_timing or bot.Timing()
     app[transports_key] = transports
-    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx])
+    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx, external_watch_ctx])
     app[limits_key] = Limits(config)
     add_sockets(app)
     app.on_shutdown.append(close_sockets)

@@ -284,6 +284,7 @@ class Database:
         self.external = external  # this is the command line: its commits say so (meta)
         self._data_version = -1
         self._external_writes = -1
+        self.external_changes = 0  # how many times check_external found another's writes
         self._thread = thread  # the writer's one thread
         self._pending: list[tuple[WriteStep, asyncio.Future, bool]] = []
         self._wake = asyncio.Event()
@@ -325,7 +326,8 @@ class Database:
         commits, the server's own writer included; the `external_writes` counter, which only
         the command line's transactions bump, says whether a foreign write was among them.
         Both are read on the loop: the pragma only compares the WAL index in shared memory,
-        and the counter's one page is read only after a commit."""
+        and the counter's one page is read only after a commit. `external_changes` counts
+        the checks that found another process's writes."""
         ((version,),) = self.monitor.execute("PRAGMA data_version").fetchall()
         if version == self._data_version:
             return
@@ -333,11 +335,13 @@ class Database:
         ((count,),) = self.monitor.execute(
             "SELECT value FROM meta WHERE key = 'external_writes'"
         ).fetchall()
-        if count != self._external_writes:
-            if self._external_writes != -1:
-                log.info("the database was changed by another process: caches forgotten")
-            self._external_writes = count
-            self.caches.flush_all()
+        if count == self._external_writes:
+            return
+        first, self._external_writes = self._external_writes == -1, count
+        self.caches.flush_all()
+        if not first:
+            self.external_changes += 1
+            log.info("the database was changed by another process: caches forgotten")
 
     async def fetch_one(self, sql: str, params: tuple = ()) -> Row | None:
         """The row of a query that has at most one (a unique key, or LIMIT 1)."""
@@ -526,6 +530,19 @@ async def user_by_token(db: Database, token: str) -> Row | None:
             return None
         tokens.keep(token, user, version)
     return dict(user)  # a copy: the cached row stays as read
+
+
+async def banned_among(db: Database, user_ids: list[int]) -> list[int]:
+    """Those of the users who are banned now."""
+    found = []
+    for user_id in user_ids:  # one indexed lookup each: the users with sockets, not all
+        row = await db.fetch_one(
+            "SELECT 1 AS yes FROM bans WHERE user_id = ? AND (until IS NULL OR until > ?)",
+            (user_id, now()),
+        )
+        if row is not None:
+            found.append(user_id)
+    return found
 
 
 async def ban_of_token(db: Database, token: str) -> Row | None:
