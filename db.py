@@ -1679,9 +1679,14 @@ async def channel_of_link(db: Database, discord_channel_id: int) -> Row | None:
     )
 
 
+MAX_LINKS = 1000  # links listed at most (getlinks)
+
+
 async def links(db: Database) -> list[Row]:
-    """Every link, by Button API channel id (the admin page)."""
+    """The links, by Button API channel id (the admin page)."""
     return await db.fetch_all(
         "SELECT c.name, CAST(l.discord_channel_id AS TEXT) AS discord_channel"
-        " FROM channel_links AS l JOIN channels AS c ON c.id = l.channel_id ORDER BY l.channel_id"
+        " FROM channel_links AS l JOIN channels AS c ON c.id = l.channel_id"
+        " WHERE l.channel_id > 0 ORDER BY l.channel_id LIMIT ?",
+        (MAX_LINKS,),
     )
