@@ -1574,7 +1574,13 @@ async def create_invite(
             " VALUES (?, ?, ?, ?, ?)",
             (invite_hash(code), uses, expires, actor_id, now()),
         )
-        _audit(conn, actor_name, "createinvite", reason=f"{uses} uses", until=expires)
+        _audit(
+            conn,
+            actor_name,
+            "createinvite",
+            reason=f"{uses} use{'' if uses == 1 else 's'}",
+            until=expires,
+        )
         return {"expires": expires}
 
     return await db.write(step)
