@@ -813,18 +813,15 @@ async def insert_message(
 ) -> Row:
     """Store a message (and, for a DM, both sides' links); return the message object.
 
-    `outbox`: its Discord posts (bot.py plans them), committed in the same transaction.
-    `nonce`: if the sender used it in the last 24 hours, nothing is stored and the answer is
-    `{"id": <that message's id>, "repeat": True}` (checked inside the write gate, so two
-    concurrent requests with one nonce cannot both create a message). A sender banned or
-    timed out by the time of the write: `{"refused": ...}` (see `_restriction`), nothing
-    stored: a ban's answer is never followed by a message of the banned user."""
+    `outbox`: its Discord posts (bot.py plans them), committed in the same transaction. A
+    `nonce` the sender used in the last 24 hours: nothing stored, `{"id": <that message's
+    id>, "repeat": True}` (checked in the write, so two requests with one nonce cannot both
+    create a message). A sender banned or timed out by then: `{"refused": ...}`, nothing
+    stored (`_restriction`)."""
 
     def step(conn: sqlite3.Connection) -> Row:
-        if sender_id is not None and (refused := _restriction(conn, sender_id)) is not None:
-            return refused
-        if nonce is not None and (seen := _nonce_seen(conn, sender_id, nonce)) is not None:
-            return {"id": seen, "repeat": True}
+        if (early := _refused_or_repeat(conn, sender_id, nonce)) is not None:
+            return early
         row = {
             "kind": kind,
             "sender": sender,
@@ -858,6 +855,18 @@ async def insert_message(
         return {"id": message_id, **row}
 
     return await db.write(step)
+
+
+def _refused_or_repeat(
+    conn: sqlite3.Connection, sender_id: int | None, nonce: str | None
+) -> Row | None:
+    """insert_message's answers without a new message: the sender may not send now, or the
+    nonce was used already."""
+    if sender_id is not None and (refused := _restriction(conn, sender_id)):
+        return refused
+    if nonce is not None and (seen := _nonce_seen(conn, sender_id, nonce)) is not None:
+        return {"id": seen, "repeat": True}
+    return None
 
 
 def _restriction(conn: sqlite3.Connection, user_id: int) -> Row | None:
