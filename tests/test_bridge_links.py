@@ -169,3 +169,37 @@ async def test_links_survive_a_restart(start, fake, db_path):
     api = Api(await start())
     await api.send(alice, "general", "after the restart")
     await fake.wait_for(lambda f: f.contents(GENERAL) == ["**alice**: after the restart"])
+
+
+async def test_moderation_meets_the_bridge(api, fake):
+    """A timed-out user's senddcmsg is refused; a moderator deletes a message written on
+    Discord (no account: a member's) but not someone's `discord`-kind message."""
+    root = await admin(api)
+    alice, mod = await users(api, "alice", "mod")
+    await db.set_role(api.client.app[db_key], None, "(console)", "mod", Role.MODERATOR)
+    await api.channel(alice, "team", "mod")
+    await link(api, "team", GENERAL)
+    body = {"token": alice, "channel": "team", "message": "to Discord"}
+    sent = (await api.ok("senddcmsg", body))["id"]
+    await fake.inject_message(GENERAL, "written on Discord", author=CAROL)
+    await inbound_barrier(fake, api, alice)
+    got = await api.ok("readmessagesfromchannel", {"token": mod, "name": "team"})
+    inbound = next(m["id"] for m in got["messages"] if m["source"] == "discord")
+    assert await api.post("deletemessage", {"token": mod, "message_id": inbound}) == (
+        200,
+        {"message": "Message deleted!"},
+    )
+    assert await api.post("deletemessage", {"token": root, "message_id": sent}) == (
+        403,
+        {"message": "You can only delete your messages!"},
+    )
+    timed = await api.ok("timeoutuser", {"token": mod, "username": "alice", "seconds": 60})
+    assert await api.post("senddcmsg", body) == (
+        403,
+        {"message": "You are timed out!", "until": timed["until"]},
+    )
+    entries = (await api.ok("getauditlog", {"token": root}))["entries"]
+    assert [(e["actor"], e["action"], e["target"], e["message_id"]) for e in entries[-2:]] == [
+        ("mod", "deletemessage", "Carol C.", inbound),
+        ("mod", "timeoutuser", "alice", None),
+    ]

@@ -614,3 +614,36 @@ async def test_a_version_3_file_is_migrated_with_no_links(start, db_path):
     assert rows(db_path, "SELECT value FROM meta WHERE key = 'external_writes'") == [{"value": 0}]
     msgs = await api.ok("readmessagesfromchannel", {"token": token, "name": "general"})
     assert msgs["messages"] == [msg(ID, "channel", "alice", "still here", channel="general")]
+
+
+@pytest.mark.parametrize(
+    ("who", "body", "expected"),
+    [
+        ("alice", {"username": "bob"}, NOT_ALLOWED),
+        ("mod", {"username": "root"}, NOT_ALLOWED),
+        ("mod", {"username": "nobody"}, USER_NOT_FOUND),
+        ("mod", {"username": None}, invalid("username")),
+        ("mod", {"username": "bob"}, (404, {"message": "User is not banned!"})),
+    ],
+)
+async def test_unbanuser_refusals_change_nothing(api, crew, snapshot, who, body, expected):
+    await api.ok("banuser", {"token": crew["root"], "username": "bob"})
+    await api.ok("unbanuser", {"token": crew["root"], "username": "bob"})
+    if who == "alice":
+        await api.ok("banuser", {"token": crew["root"], "username": "bob"})
+    before = snapshot()
+    assert await api.post("unbanuser", {"token": crew[who], **body}) == expected
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["getme", "setrole", "banuser", "unbanuser", "timeoutuser", "getauditlog", "getusers",
+     "createinvite", "linkchannel", "unlinkchannel", "getlinks"],
+)  # fmt: skip
+async def test_the_community_endpoints_check_the_body_and_the_token_first(api, crew, name):
+    assert await api.post(name, []) == (400, {"message": "Request body must be a JSON object!"})
+    assert await api.post(name, {}) == invalid("token")
+    body = {"token": "nope", "username": "bob", "role": "member", "seconds": 60, "name": "x",
+            "discord_channel": "x"}  # fmt: skip
+    assert await api.post(name, body) == INVALID_TOKEN
