@@ -92,8 +92,9 @@ CREATE INDEX IF NOT EXISTS nonces_by_message ON nonces (message_id);
 -- text is to be replaced by `content`), 'delete' (a copy to delete on Discord), 'failed'
 -- (refused for good; never retried). `dest` is the delivery queue:
 -- 'channel:<Discord channel id>', 'user:<Discord user id>' (a DM), or 'name:<channel name>'
--- (left by a version before links: resolved through the channel's link, else dropped). `content` is kept only while
--- the post or edit waits, as the bot posts it (the first part starts with `**name**: `).
+-- (left by a version before links: resolved through the channel's link, else dropped).
+-- `content` is kept only while the post or edit waits, as the bot posts it (the first part
+-- starts with `**name**: `).
 -- `username`: the Button API sender's name, shown as the display name when the post goes
 -- through a channel webhook (NULL: posted by the bot only: DMs, the bot's own replies).
 -- `webhook_id`: the webhook that posted the copy (NULL: the bot did). `nonce` makes Discord
