@@ -35,7 +35,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -364,10 +364,14 @@ class Outbox:
     attempt's outcome is committed (db.outbox_*) before anyone hears of it; a transient
     failure is retried with backoff, and no attempt comes before a 429's hold is over.
 
-    `bridged_channel(name)` resolves rows planned under a channel name (`name:<name>`)."""
+    `bridged_channel(name)` resolves rows planned under a channel name (`name:<name>`, left
+    by an older version) through the channel's link."""
 
     def __init__(
-        self, database: db.Database, timing: Timing, bridged_channel: Callable[[str], int | None]
+        self,
+        database: db.Database,
+        timing: Timing,
+        bridged_channel: Callable[[str], Awaitable[int | None]],
     ) -> None:
         self.database = database
         self.timing = timing
@@ -487,7 +491,7 @@ class Outbox:
             self._workers.pop(dest, None)
 
     async def _resolve_name(self, dest: str) -> None:
-        channel_id = self.bridged_channel(dest.removeprefix("name:"))
+        channel_id = await self.bridged_channel(dest.removeprefix("name:"))
         if channel_id is None:
             await db.outbox_drop(self.database, dest)  # not bridged: nothing to mirror
             return
@@ -808,15 +812,21 @@ class Bridge:
             self._channels = [(channel.id, channel.name) for channel in guild.text_channels]
         return self._channels
 
-    def bridged_channel(self, name: str) -> int | None:
-        """The Discord text channel bridged to the Button API channel `name`, if any.
+    async def bridged_channel(self, name: str) -> int | None:
+        """The Discord channel linked to the Button API channel `name` (linkchannel), if any;
+        never the bridge channel. Names alone bridge nothing (SPEC 6)."""
+        channel_id = await db.link_by_name(self.database, name)
+        return None if channel_id == self.channel_id else channel_id
 
-        Same name, ASCII letters case-insensitive; never the bridge channel."""
-        key = db.ascii_lower(name)
-        for channel_id, channel_name in self._text_channels() or ():
-            if channel_id != self.channel_id and db.ascii_lower(channel_name) == key:
+    def guild_text_channel(self, target: str) -> int | None:
+        """linkchannel: the guild's text channel of that id, else the first of that name
+        (ASCII letters case-insensitive), as last seen; None if there is none."""
+        channels = self._text_channels() or []
+        for channel_id, _ in channels:
+            if target.isascii() and target.isdigit() and int(target) == channel_id:
                 return channel_id
-        return None
+        key = db.ascii_lower(target)
+        return next((cid for cid, name in channels if db.ascii_lower(name) == key), None)
 
     # --- outbound: planning (before the commit) --------------------------------------------
 
@@ -826,15 +836,14 @@ class Bridge:
             return []
         return self.plan_posts(f"channel:{self.channel_id}", username, text)
 
-    def plan_channel(self, name: str, username: str, text: str) -> list[db.Row]:
-        """The mirror of a sendmessage message, if its channel is bridged. Before the guild
-        was ever seen the rows wait under the channel's name until it can be resolved."""
-        if not (self.enabled and self.guild_id):
+    async def plan_channel(self, name: str, username: str, text: str) -> list[db.Row]:
+        """The mirror of a sendmessage message, if its channel is linked."""
+        if not self.enabled:
             return []
-        channel_id = self.bridged_channel(name)
-        if channel_id is not None:
-            return self.plan_posts(f"channel:{channel_id}", username, text)
-        return self.plan_posts(f"name:{name}", username, text) if self._channels is None else []
+        channel_id = await self.bridged_channel(name)
+        if channel_id is None:
+            return []
+        return self.plan_posts(f"channel:{channel_id}", username, text)
 
     async def plan_direct(
         self, user_id: int, username: str, target: str, text: str
@@ -843,7 +852,7 @@ class Bridge:
         to the bot; [] when neither (400)."""
         channel = await db.channel_by_name(self.database, target)
         if channel is not None and await db.is_member(self.database, channel["id"], user_id):
-            channel_id = self.bridged_channel(channel["name"])
+            channel_id = await self.bridged_channel(channel["name"])
             if channel_id is not None:
                 return self.plan_posts(f"channel:{channel_id}", username, text)
         known = await db.discord_user_by_name(self.database, target)
@@ -918,9 +927,7 @@ class Bridge:
         channel = message.channel
         if message.guild.id != self.guild_id or not isinstance(channel, discord.TextChannel):
             return
-        if self.bridged_channel(channel.name) != channel.id:
-            return
-        ours = await db.channel_by_name(self.database, channel.name)
+        ours = await db.channel_of_link(self.database, channel.id)  # linked channels only
         if ours is None:
             return
         stored = await db.insert_message(

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import getpass
 import hashlib
 import json
 import logging
@@ -40,7 +41,9 @@ from confusable_homoglyphs import categories, confusables
 
 import bot
 import db
+import permissions
 import realtime
+from permissions import Actor, Role
 
 log = logging.getLogger("buttonapi")
 
@@ -82,6 +85,9 @@ class Config:
         20, "BUTTONAPI_UNAUTHENTICATED_SOCKETS", "sockets per address not yet authenticated"
     )
     max_sockets: int = _setting(10_000, "BUTTONAPI_MAX_SOCKETS", "Engine.IO sessions at once")
+    registration: str = _setting(
+        "open", "BUTTONAPI_REGISTRATION", "who may register: open, invite or closed"
+    )
     request_timeout: int = _setting(
         15, "BUTTONAPI_REQUEST_TIMEOUT", "seconds a client may take to send headers or a body"
     )
@@ -105,6 +111,8 @@ class Config:
             except ValueError:
                 raise SystemExit(f"{field.metadata['env']} must be a whole number") from None
         config = cls(**values)
+        if config.registration not in REGISTRATION_MODES:
+            raise SystemExit("BUTTONAPI_REGISTRATION must be open, invite or closed")
         for field in dataclasses.fields(cls):
             if field.name.endswith("_limit") or "_limit_" in field.name:
                 try:
@@ -126,6 +134,7 @@ bridge_timing_key = web.AppKey("bridge_timing_key", bot.Timing)
 openapi_key = web.AppKey("openapi_key", bytes)
 
 OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
+REGISTRATION_MODES = ("open", "invite", "closed")
 
 
 # --- the contract's texts ---------------------------------------------------------------
@@ -151,6 +160,15 @@ TRANSPORT_ERRORS = {
     408: "Request timed out!",
     413: "Request body too large!",
 }
+NOT_ALLOWED = "You are not allowed to do that!"
+BANNED = "You are banned!"
+TIMED_OUT = "You are timed out!"
+NOT_YOURS = "You can only delete your messages!"
+INVITE_NEEDED = "A valid invite is needed to register!"
+REGISTRATION_CLOSED = "Registration is closed!"
+USER_EXISTS = "User exists!"
+PASSWORD_CHANGED = "Password changed!"
+ALREADY_LINKED = "Channel is already linked!"
 BAD_BODY = "Request body must be a JSON object!"
 INTERNAL_ERROR = "Internal server error!"
 
@@ -160,6 +178,16 @@ SOCKET_SIGN_IN_LIMIT_ADDR = "30/60"  # failed socket authentications per client 
 MAX_NONCE = 64  # characters of a send's idempotency nonce
 MAX_MESSAGE = 2000
 MAX_CHANNEL_NAME = 100
+MAX_REASON = 200  # characters of a ban's reason
+INVITE_SECONDS = 7 * 24 * 3600  # an invite's default life
+INVITE_BYTES = 24  # random bytes of an invite code (192 bits)
+# The ranges of the numbers of SPEC section 8, by endpoint and field (inclusive).
+RANGES = {
+    ("banuser", "seconds"): (1, 31_536_000),
+    ("timeoutuser", "seconds"): (0, 2_419_200),  # Discord's 28 days; 0 lifts a timeout
+    ("createinvite", "seconds"): (60, 2_592_000),
+    ("createinvite", "uses"): (1, 1000),
+}
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -242,7 +270,8 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 # --- validation -------------------------------------------------------------------------
 
-NUMBER_FIELDS = {"count", "message_id", "before", "after", "last_message_id"}
+NUMBER_FIELDS = {"count", "message_id", "before", "after", "last_message_id", "seconds", "uses"}
+BOOL_FIELDS = {"purge"}
 DEFAULTS = {"count": 50, "before": db.MAX_ID}
 PAGING = ("count?", "before?", "after?")  # every list endpoint's optional fields
 
@@ -293,8 +322,21 @@ def fields(body: dict[str, Any], *names: str) -> list[Any]:
                 values.append(DEFAULTS.get(name))
                 continue
             raise invalid(name)
+        if name in BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise invalid(name)
+            values.append(value)
+            continue
         values.append(_number(name, value) if name in NUMBER_FIELDS else _text(name, value))
     return values
+
+
+def in_range(endpoint: str, name: str, value: int | None) -> int | None:
+    """A number of RANGES (None: absent), or the field's 400."""
+    low, high = RANGES[endpoint, name]
+    if value is not None and not low <= value <= high:
+        raise invalid(name)
+    return value
 
 
 def _reject_constant(name: str) -> None:
@@ -690,7 +732,55 @@ async def check_credentials(request: web.Request, body: dict[str, Any]) -> db.Ro
         hashed = user["password_hash"] if user else None
         if not await request.app[hasher_key].check(password, hashed, address) or user is None:
             raise attempt.failed()
+    await not_banned(request.app[db_key], user["id"])  # only the right password learns of it
     return user
+
+
+async def not_banned(database: db.Database, user_id: int) -> None:
+    """403 with the ban's reason and end, if the user is banned."""
+    ban = db.ban_of(await db.user_profile(database, user_id))
+    if ban is not None:
+        raise ApiError(403, BANNED, **ban)
+
+
+def not_timed_out(user: db.Row) -> None:
+    """The sends, editmessage, makechannel and addusertochannel of a timed-out user: 403."""
+    until = db.timed_out_until(user)
+    if until is not None:
+        raise ApiError(403, TIMED_OUT, until=until)
+
+
+def refused(result: db.Row) -> None:
+    """A write that found the user banned or timed out by then (db._restriction)."""
+    if result.get("refused") == "banned":
+        raise ApiError(401, INVALID_TOKEN)  # the token failed meanwhile
+    if result.get("refused"):
+        raise ApiError(403, TIMED_OUT, until=result["until"])
+
+
+def require(user: db.Row, action: str) -> None:
+    """403 unless the user's role allows the action (permissions.RULES)."""
+    if not permissions.allowed(action, Actor(user["id"], Role(user["role"]))):
+        raise ApiError(403, NOT_ALLOWED)
+
+
+# What a community action's write step found wrong (db's words), as the answer.
+ACTION_ERRORS: dict[str, Callable[[], ApiError]] = {
+    db.NOT_FOUND: lambda: ApiError(404, USER_NOT_FOUND),
+    db.FORBIDDEN: lambda: ApiError(403, NOT_ALLOWED),
+    db.LAST_ADMIN: lambda: ApiError(409, "The last admin can not be demoted!"),
+    db.NOT_BANNED: lambda: ApiError(404, "User is not banned!"),
+    db.LINKED: lambda: ApiError(409, ALREADY_LINKED),
+}
+
+
+def done(result: db.Row, **errors: Callable[[], ApiError]) -> db.Row:
+    """The result of a community action, or its error (`errors` overrides by db's word,
+    spaces as underscores)."""
+    error = result.get("error")
+    if error is None:
+        return result
+    raise errors.get(error.replace(" ", "_"), ACTION_ERRORS[error])()
 
 
 async def member_channel(request: web.Request, user: db.Row, name: str) -> db.Row:
@@ -712,8 +802,11 @@ async def socket_sign_in(
     limits = app[limits_key]
     try:
         with limits.socket_sign_in(sid, address) as attempt:
+            database = app[db_key]
             token = data.get("token_api_v3")
-            user = await db.user_by_token(app[db_key], token) if isinstance(token, str) else None
+            user = await db.user_by_token(database, token) if isinstance(token, str) else None
+            if user is None and isinstance(token, str) and await db.ban_of_token(database, token):
+                raise ApiError(403, BANNED)
             if user is None:
                 raise attempt.failed(INVALID_TOKEN)
             (last_id,) = fields(data, "last_message_id?")
@@ -727,19 +820,27 @@ async def socket_sign_in(
 
 @endpoint
 async def register(request: web.Request, body: dict[str, Any]) -> web.Response:
-    username, password = fields(body, "username", "password")
+    username, password, invite = fields(body, "username", "password", "invite?")
+    database, mode = request.app[db_key], request.app[config_key].registration
+    if mode == "closed":
+        raise ApiError(403, REGISTRATION_CLOSED)
+    invite = invite if mode == "invite" else None  # an open server ignores invites
+    if mode == "invite" and (invite is None or not await db.invite_usable(database, invite)):
+        raise ApiError(403, INVITE_NEEDED)
     check_password(password)
     check_username(username, new=True)
     address = client_address(request)
     request.app[limits_key].registration(address)
-    database = request.app[db_key]
     if db.name_key(username) != db.name_key(db.DELETED) and not await db.user_by_name(
         database, username
     ):
         hashed = await request.app[hasher_key].hash(password, address)
-        if await db.create_user(database, username, hashed):
+        created = await db.create_user(database, username, hashed, invite)
+        if created == db.Created.NO_INVITE:  # used up meanwhile
+            raise ApiError(403, INVITE_NEEDED)
+        if created == db.Created.CREATED:
             return ok("User registered successfully!", 201)
-    raise ApiError(401, "User exists!")
+    raise ApiError(401, USER_EXISTS)
 
 
 @endpoint
@@ -777,12 +878,14 @@ async def store_message(
     who may read it. With a nonce the user sent in the last 24 hours:
     `({"id": <that message's id>}, False)`, and nothing is created or counted."""
     database = request.app[db_key]
+    not_timed_out(user)
     if nonce is not None and (earlier := await db.nonce_message(database, user["id"], nonce)):
         return {"id": earlier}, False
     request.app[limits_key].message_created(user["id"])
     message = await db.insert_message(
         database, sender_id=user["id"], sender=user["username"], nonce=nonce, **columns
     )
+    refused(message)  # banned or timed out by the time of the write
     if message.get("repeat"):
         return message, False
     ids = {key: columns.get(key) for key in ("channel_id", "recipient_id")}
@@ -855,14 +958,14 @@ async def read_channel(request: web.Request, body: dict[str, Any]) -> web.Respon
 async def deletemessage(request: web.Request, body: dict[str, Any]) -> web.Response:
     token, message_id = fields(body, "token", "message_id")
     user = await authenticate(request, token)
-    database = request.app[db_key]
-    message = await db.message_by_id(database, message_id)
-    if message is None:
-        raise ApiError(404, MESSAGE_NOT_FOUND)
-    if message["sender_id"] != user["id"]:
-        raise ApiError(403, "You can only delete your messages!")
-    if not await db.delete_message(database, message_id):
-        raise ApiError(404, MESSAGE_NOT_FOUND)  # deleted by a concurrent request
+    result = await db.delete_message_as(
+        request.app[db_key], message_id, user["id"], user["username"]
+    )  # the author, a moderator, an admin or the channel's creator (permissions.may_delete)
+    message = done(
+        result,
+        not_found=lambda: ApiError(404, MESSAGE_NOT_FOUND),
+        forbidden=lambda: ApiError(403, NOT_YOURS),
+    )["message"]
     request.app[bridge_key].message_deleted(message_id)  # and its copies on Discord
     request.app[events_key].message_deleted(message)
     return ok("Message deleted!")
@@ -879,10 +982,13 @@ async def editmessage(request: web.Request, body: dict[str, Any]) -> web.Respons
         raise ApiError(404, MESSAGE_NOT_FOUND)
     if message["sender_id"] != user["id"]:  # written on Discord: no sender here
         raise ApiError(403, "You can only edit your messages!")
+    not_timed_out(user)
     request.app[limits_key].message_created(user["id"])  # edits count as sends
     edited = await db.edit_message(database, message_id, user["id"], text, bridge.plan_posts)
     if edited is None:
         raise ApiError(404, MESSAGE_NOT_FOUND)  # deleted by a concurrent request
+    if isinstance(edited, dict):
+        refused(edited)
     message, dests = edited
     bridge.message_edited(dests)  # its copies on Discord follow; never awaited here
     request.app[events_key].message_edited(message)
@@ -897,6 +1003,7 @@ async def makechannel(request: web.Request, body: dict[str, Any]) -> web.Respons
     token, name = fields(body, "token", "name")
     user = await authenticate(request, token)
     check_channel_name(name)
+    not_timed_out(user)
     events = request.app[events_key]
     async with events.membership(user["id"]):  # a socket registering meanwhile sees it
         channel_id = await db.create_channel(request.app[db_key], name, user["id"])
@@ -922,6 +1029,7 @@ async def channel_and_named_user(
 @endpoint
 async def addusertochannel(request: web.Request, body: dict[str, Any]) -> web.Response:
     user, channel, added = await channel_and_named_user(request, body)
+    not_timed_out(user)
     events = request.app[events_key]
     async with events.membership(added["id"]):
         if not await db.add_member(request.app[db_key], channel["id"], added["id"]):
@@ -937,7 +1045,7 @@ async def sendmessage(request: web.Request, body: dict[str, Any]) -> web.Respons
     check_message(text)
     channel = await member_channel(request, user, name)
     bridge = request.app[bridge_key]
-    outbox = bridge.plan_channel(channel["name"], user["username"], text)
+    outbox = await bridge.plan_channel(channel["name"], user["username"], text)
     message, new = await store_message(
         request, user, nonce, kind="channel", message=text, channel_id=channel["id"],
         channel=channel["name"], outbox=outbox,
@@ -1021,7 +1129,7 @@ async def changepassword(request: web.Request, body: dict[str, Any]) -> web.Resp
     token = str(uuid.uuid4())
     await db.set_password(request.app[db_key], user["id"], hashed, token)
     await request.app[events_key].drop_user(user["id"], "Token changed!")
-    return ok("Password changed!", token=token)
+    return ok(PASSWORD_CHANGED, token=token)
 
 
 @endpoint
@@ -1102,6 +1210,149 @@ async def senddcmsg(request: web.Request, body: dict[str, Any]) -> web.Response:
     if outcome == db.Outcome.QUEUED:  # the outbox keeps trying, across restarts too
         return ok("Queued for Discord delivery!", 202, id=message["id"])
     return ok("Dm message sent!", id=message["id"])
+
+
+# running a community (SPEC section 8; who may do what: permissions.RULES)
+
+
+@endpoint
+async def getme(request: web.Request, body: dict[str, Any]) -> web.Response:
+    (token,) = fields(body, "token")
+    user = await authenticate(request, token)
+    return ok(
+        "Got user!", username=user["username"], role=user["role"], created=user["created_at"],
+        timed_out_until=db.timed_out_until(user),
+    )  # fmt: skip
+
+
+@endpoint
+async def setrole(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, username, role = fields(body, "token", "username", "role")
+    if role not in set(Role):
+        raise invalid("role")
+    user = await authenticate(request, token)
+    require(user, "setrole")
+    result = done(
+        await db.set_role(request.app[db_key], user["id"], user["username"], username, Role(role))
+    )
+    return ok("Role set!", username=result["user"]["username"], role=role)
+
+
+@endpoint
+async def banuser(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, username, reason, seconds, purge = fields(
+        body, "token", "username", "reason?", "seconds?", "purge?"
+    )
+    if reason is not None and len(reason) > MAX_REASON:
+        raise invalid("reason")
+    in_range("banuser", "seconds", seconds)
+    user = await authenticate(request, token)
+    require(user, "banuser")
+    result = done(
+        await db.ban_user(
+            request.app[db_key], user["id"], user["username"], username, reason, seconds,
+            bool(purge),
+        )
+    )  # fmt: skip
+    events, bridge = request.app[events_key], request.app[bridge_key]
+    await events.drop_user(result["user"]["id"], BANNED)
+    for message in result["purged"]:
+        events.message_deleted(message)
+        bridge.message_deleted(message["id"])  # and its copies on Discord
+    return ok("User banned!", username=result["user"]["username"], until=result["until"])
+
+
+@endpoint
+async def unbanuser(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, username = fields(body, "token", "username")
+    user = await authenticate(request, token)
+    require(user, "unbanuser")
+    done(await db.unban_user(request.app[db_key], user["id"], user["username"], username))
+    return ok("User unbanned!")
+
+
+@endpoint
+async def timeoutuser(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, username, seconds = fields(body, "token", "username", "seconds")
+    in_range("timeoutuser", "seconds", seconds)
+    user = await authenticate(request, token)
+    require(user, "timeoutuser")
+    result = done(
+        await db.timeout_user(request.app[db_key], user["id"], user["username"], username, seconds)
+    )
+    return ok("User timed out!", username=result["user"]["username"], until=result["until"])
+
+
+@endpoint
+async def getauditlog(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, *paging = fields(body, "token", *PAGING)
+    user = await authenticate(request, token)
+    require(user, "getauditlog")
+    entries = await db.audit_entries(request.app[db_key], page(*paging))
+    return web.json_response({"entries": entries})
+
+
+@endpoint
+async def getusers(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, *paging = fields(body, "token", *PAGING)
+    user = await authenticate(request, token)
+    require(user, "getusers")
+    return web.json_response({"users": await db.users_page(request.app[db_key], page(*paging))})
+
+
+@endpoint
+async def createinvite(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, uses, seconds = fields(body, "token", "uses?", "seconds?")
+    uses = in_range("createinvite", "uses", uses) or 1
+    seconds = in_range("createinvite", "seconds", seconds) or INVITE_SECONDS
+    user = await authenticate(request, token)
+    require(user, "createinvite")
+    code = secrets.token_urlsafe(INVITE_BYTES)
+    database, name = request.app[db_key], user["username"]
+    result = done(await db.create_invite(database, user["id"], name, code, uses, seconds))
+    return ok("Invite created!", 201, invite=code, uses=uses, expires=result["expires"])
+
+
+@endpoint
+async def linkchannel(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, name, target = fields(body, "token", "name", "discord_channel")
+    user = await authenticate(request, token)
+    require(user, "linkchannel")
+    database, bridge = request.app[db_key], request.app[bridge_key]
+    channel = await db.channel_by_name(database, name)
+    if channel is None:
+        raise ApiError(404, CHANNEL_NOT_FOUND)
+    if not bridge.available:
+        raise ApiError(503, BOT_NOT_CONNECTED)
+    discord_id = bridge.guild_text_channel(target)
+    if discord_id is None:
+        raise ApiError(404, CHANNEL_NOT_FOUND)
+    if discord_id == bridge.channel_id:  # the public feed's own channel
+        raise ApiError(409, ALREADY_LINKED)
+    done(await db.link_channel(database, user["id"], user["username"], channel["id"], discord_id))
+    return ok("Channel linked!", name=channel["name"], discord_channel=str(discord_id))
+
+
+@endpoint
+async def unlinkchannel(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, name = fields(body, "token", "name")
+    user = await authenticate(request, token)
+    require(user, "unlinkchannel")
+    database = request.app[db_key]
+    channel = await db.channel_by_name(database, name)
+    if channel is None:
+        raise ApiError(404, CHANNEL_NOT_FOUND)
+    result = await db.unlink_channel(database, user["id"], user["username"], channel["id"])
+    done(result, not_found=lambda: ApiError(404, "Channel is not linked!"))
+    return ok("Channel unlinked!")
+
+
+@endpoint
+async def getlinks(request: web.Request, body: dict[str, Any]) -> web.Response:
+    (token,) = fields(body, "token")
+    user = await authenticate(request, token)
+    require(user, "getlinks")
+    return web.json_response({"links": await db.links(request.app[db_key])})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -1196,6 +1447,35 @@ async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+EXTERNAL_POLL = 1.0  # seconds between checks for the command line's writes (sockets)
+
+
+async def external_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The command line writes from another process: requests see its changes at once
+    (db.Database.check_external before any cache), and this watch drops the sockets of a
+    user it banned within EXTERNAL_POLL seconds."""
+
+    async def watch() -> None:
+        database, sio, events = app[db_key], app[sio_key], app[events_key]
+        seen = database.external_changes
+        while True:
+            await asyncio.sleep(EXTERNAL_POLL)
+            database.check_external()
+            if database.external_changes == seen:
+                continue
+            seen = database.external_changes
+            user_ids = set()
+            for sid, _ in list(sio.manager.get_participants("/", realtime.AUTHED_ROOM)):
+                user_ids.add((await sio.get_session(sid)).get("user_id"))
+            for user_id in await db.banned_among(database, sorted(user_ids - {None})):
+                await events.drop_user(user_id, BANNED)
+
+    task = asyncio.create_task(watch(), name="buttonapi-external-watch")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def add_sockets(app: web.Application) -> None:
     """Socket.IO on the app: its server, the events it sends and the socket handlers."""
     config = app[config_key]
@@ -1241,7 +1521,7 @@ async def create_app(config: Config, *, bridge_timing: bot.Timing | None = None)
     app[config_key] = config
     app[bridge_timing_key] = bridge_timing or bot.Timing()
     app[transports_key] = transports
-    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx])
+    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx, external_watch_ctx])
     app[limits_key] = Limits(config)
     add_sockets(app)
     app.on_shutdown.append(close_sockets)
@@ -1289,7 +1569,106 @@ class OneLine(logging.Filter):
         return True
 
 
+# --- the command line: python buttonapi.py admin ... (SPEC section 8) ----------------------
+
+
+def admin_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="buttonapi.py admin",
+        description="Run the community from the command line, with the server running or not."
+        " Passwords are read from a prompt or standard input, never from the command line.",
+    )
+    parser.add_argument("--db", help="SQLite file (BUTTONAPI_DB, default buttonapi.db)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    setrole_cmd = commands.add_parser("setrole", help="give a user a role")
+    setrole_cmd.add_argument("username")
+    setrole_cmd.add_argument("role", help="member, moderator or admin")
+    commands.add_parser("adduser", help="make an account").add_argument("username")
+    commands.add_parser("resetpassword", help="set a new password").add_argument("username")
+    ban_cmd = commands.add_parser("ban", help="ban a user")
+    ban_cmd.add_argument("username")
+    ban_cmd.add_argument("--reason")
+    ban_cmd.add_argument("--seconds", help="the ban's length (default: until unbanned)")
+    commands.add_parser("unban", help="lift a ban").add_argument("username")
+    return parser
+
+
+def read_password() -> str:
+    """From a prompt on a terminal, else the first line of standard input."""
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def admin_command(config: Config, args: argparse.Namespace, password: str | None) -> str:
+    """One command on the database file, through db.py's write gate like the server's own
+    writes (marked external, so a running server forgets its caches). The success text;
+    ApiError with the HTTP answer's text otherwise."""
+    async with db.open_database(config.db, external=True) as database:
+        console = permissions.CONSOLE
+        if args.command == "setrole":
+            (role,) = fields({"role": args.role}, "role")
+            if role not in set(Role):
+                raise invalid("role")
+            done(await db.set_role(database, None, console, args.username, Role(role)))
+            return "Role set!"
+        if args.command in ("adduser", "resetpassword"):
+            return await admin_password(config, database, args.command, args.username, password)
+        if args.command == "ban":
+            seconds = _number("seconds", args.seconds) if args.seconds is not None else None
+            reason = args.reason
+            if reason is not None and len(reason) > MAX_REASON:
+                raise invalid("reason")
+            in_range("banuser", "seconds", seconds)
+            result = await db.ban_user(
+                database, None, console, args.username, reason, seconds, False
+            )
+            done(result)
+            return "User banned!"
+        done(await db.unban_user(database, None, console, args.username))
+        return "User unbanned!"
+
+
+async def admin_password(
+    config: Config, database: db.Database, command: str, username: str, password: str | None
+) -> str:
+    """adduser and resetpassword: the same rules as register and changepassword."""
+    check_password(password or "")
+    user = await db.user_by_name(database, username)
+    if command == "adduser":
+        check_username(username, new=True)
+        if user is not None:
+            raise ApiError(401, USER_EXISTS)
+    elif user is None:
+        raise ApiError(404, USER_NOT_FOUND)
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        hashed = await PasswordHasher(config.bcrypt_rounds, executor, 1).hash(password or "", "")
+    if command == "adduser":
+        created = await db.create_user(database, username, hashed, audit=True)
+        if created != db.Created.CREATED:
+            raise ApiError(401, USER_EXISTS)
+        return "User registered successfully!"
+    await db.set_password(database, user["id"], hashed, str(uuid.uuid4()), audit=user["username"])
+    return PASSWORD_CHANGED
+
+
+def run_admin(argv: list[str]) -> int:
+    """`python buttonapi.py admin ...`: exit 0 with the success text, or 1 with the HTTP
+    answer's text (on stderr)."""
+    args = admin_parser().parse_args(argv)
+    config = Config.from_env(dict(os.environ), db=args.db)
+    password = read_password() if args.command in ("adduser", "resetpassword") else None
+    try:
+        print(asyncio.run(admin_command(config, args, password)))
+    except ApiError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv and argv[0] == "admin":
+        raise SystemExit(run_admin(argv[1:]))
     parser = argparse.ArgumentParser(description="Button API V3 server")
     parser.add_argument("--host", help="address to listen on (BUTTONAPI_HOST, default 0.0.0.0)")
     parser.add_argument("--port", help="port to listen on (BUTTONAPI_PORT, default 5000)")

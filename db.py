@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 import heapq
 import itertools
 import json
@@ -26,16 +27,19 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiosqlite
 
+import permissions
+from permissions import Actor, Role
+
 log = logging.getLogger("buttonapi.db")
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
 MESSAGE_COLUMNS = (
@@ -62,6 +66,15 @@ MIGRATIONS: dict[int, tuple[str, str]] = {
         "ALTER TABLE users ADD COLUMN name_key TEXT;",
         "UPDATE users SET name_key = name_key(username);",
     ),
+    # 4: roles and timeouts on users; bans, the audit log, invites, Discord links and the
+    # counter of the command line's writes are new tables (schema.sql makes them). No link:
+    # channels bridged by name before are not bridged until an admin links them.
+    4: (
+        "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'"
+        " CHECK (role IN ('member', 'moderator', 'admin'));"
+        " ALTER TABLE users ADD COLUMN timed_out_until TEXT;",
+        "",
+    ),
 }
 
 Row = dict[str, Any]
@@ -83,9 +96,11 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", folded)
 
 
-def now() -> str:
-    """Server time, UTC, ISO 8601 with milliseconds and Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def now(seconds: float = 0) -> str:
+    """Server time (plus `seconds`), UTC, ISO 8601 with milliseconds and Z. Such times compare
+    as text in time order, in SQL too."""
+    at = datetime.now(UTC) + timedelta(seconds=seconds)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> Row:
@@ -98,6 +113,13 @@ async def _connect_reader(path: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = _dict_row
     await conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _connect_monitor(path: str) -> sqlite3.Connection:
+    """A read-only connection used on the loop, for Database.check_external only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 1000")
     return conn
 
 
@@ -179,7 +201,8 @@ class Cache:
 class Caches:
     """The three caches of reads, and the TEMP triggers that tell them what a write changed.
 
-    - `tokens`: user_by_token's (token: user); every key goes when a user row changes.
+    - `tokens`: user_by_token's (token: user); every key goes when a user row or a ban
+      changes. A banned user's token is never kept.
     - `memberships`: channel_of_member's memberships found ((lower-cased name, user id):
       channel). Only a removal can make one wrong: every key goes when a member or a user is
       deleted or a user changes.
@@ -209,6 +232,11 @@ class Caches:
                 f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
                 " BEGIN SELECT users_changed(); END"
             )
+        for event in ("INSERT", "UPDATE", "DELETE"):  # a ban ends the token at once
+            conn.execute(
+                f"CREATE TEMP TRIGGER bans_{event.lower()} AFTER {event} ON bans"
+                " BEGIN SELECT users_changed(); END"
+            )
         for event, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD")):
             conn.execute(
                 f"CREATE TEMP TRIGGER messages_{event.lower()} AFTER {event} ON messages"
@@ -227,8 +255,7 @@ class Caches:
 
     def flush_all(self) -> None:
         """Forget everything kept. For writes the triggers do not see: another process's
-        connection (a check of `PRAGMA data_version` on the read connection, which moves when
-        another connection commits, would call this before serving from memory)."""
+        (the command line's; see Database.check_external)."""
         for cache in (self.tokens, self.memberships, self.pages):
             cache.forget_all()
 
@@ -248,9 +275,16 @@ class Database:
         thread: ThreadPoolExecutor,
         reader: aiosqlite.Connection,
         caches: Caches,
+        monitor: sqlite3.Connection,
+        external: bool = False,
     ) -> None:
         self.writer = writer
         self.reader = reader
+        self.monitor = monitor  # on the loop: has another process committed? (check_external)
+        self.external = external  # this is the command line: its commits say so (meta)
+        self._data_version = -1
+        self._external_writes = -1
+        self.external_changes = 0  # how many times check_external found another's writes
         self._thread = thread  # the writer's one thread
         self._pending: list[tuple[WriteStep, asyncio.Future, bool]] = []
         self._wake = asyncio.Event()
@@ -283,6 +317,31 @@ class Database:
         self._pending.append((step, future, scrub))
         self._wake.set()
         return await future
+
+    def check_external(self) -> None:
+        """Before a cache serves a lookup: if another process (the command line) committed
+        since the last check, forget every cache (its writes fire none of our triggers).
+
+        `PRAGMA data_version` on the monitor connection moves when any other connection
+        commits, the server's own writer included; the `external_writes` counter, which only
+        the command line's transactions bump, says whether a foreign write was among them.
+        Both are read on the loop: the pragma only compares the WAL index in shared memory,
+        and the counter's one page is read only after a commit. `external_changes` counts
+        the checks that found another process's writes."""
+        ((version,),) = self.monitor.execute("PRAGMA data_version").fetchall()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        ((count,),) = self.monitor.execute(
+            "SELECT value FROM meta WHERE key = 'external_writes'"
+        ).fetchall()
+        if count == self._external_writes:
+            return
+        first, self._external_writes = self._external_writes == -1, count
+        self.caches.flush_all()
+        if not first:
+            self.external_changes += 1
+            log.info("the database was changed by another process: caches forgotten")
 
     async def fetch_one(self, sql: str, params: tuple = ()) -> Row | None:
         """The row of a query that has at most one (a unique key, or LIMIT 1)."""
@@ -339,6 +398,8 @@ class Database:
         conn.execute("BEGIN IMMEDIATE")
         try:
             results = [step(conn) for step in steps]
+            if self.external:  # the server's caches must hear of it (check_external)
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'external_writes'")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -408,16 +469,20 @@ def _prepare_writer(path: str, caches: Caches) -> sqlite3.Connection:
 
 
 @contextlib.asynccontextmanager
-async def open_database(path: str) -> AsyncIterator[Database]:
-    """Create the file and schema if needed; yield a running Database; close it cleanly."""
+async def open_database(path: str, *, external: bool = False) -> AsyncIterator[Database]:
+    """Create the file and schema if needed; yield a running Database; close it cleanly.
+
+    `external`: opened by the command line beside a server that may be running: each of its
+    transactions bumps `external_writes`, so the server forgets its caches."""
     loop = asyncio.get_running_loop()
     caches = Caches()
     with ThreadPoolExecutor(1, "buttonapi-writer") as thread:
         writer = await loop.run_in_executor(thread, _prepare_writer, path, caches)
-        reader = None
+        reader = monitor = None
         try:
             reader = await _connect_reader(path)
-            db = Database(writer, thread, reader, caches)
+            monitor = _connect_monitor(path)
+            db = Database(writer, thread, reader, caches, monitor, external)
             db.start()
             try:
                 yield db
@@ -426,6 +491,8 @@ async def open_database(path: str) -> AsyncIterator[Database]:
         finally:
             if reader is not None:
                 await reader.close()
+            if monitor is not None:
+                monitor.close()
             await loop.run_in_executor(thread, writer.close)
 
 
@@ -434,38 +501,121 @@ async def open_database(path: str) -> AsyncIterator[Database]:
 
 async def user_by_name(db: Database, username: str) -> Row | None:
     return await db.fetch_one(
-        "SELECT id, username, password_hash, token FROM users WHERE username = ?", (username,)
+        "SELECT id, username, password_hash, token, role FROM users WHERE username = ?",
+        (username,),
     )
 
 
+# A user and their ban, if it lasts (a ban whose `until` has passed is no ban: compared with
+# the clock at each lookup, so it ends by itself, across restarts too).
+_USER_AND_BAN = (
+    "SELECT u.id, u.username, u.token, u.role, u.timed_out_until, u.created_at,"
+    " b.user_id IS NOT NULL AND (b.until IS NULL OR b.until > ?) AS banned,"
+    " b.reason AS ban_reason, b.until AS ban_until"
+    " FROM users AS u LEFT JOIN bans AS b ON b.user_id = u.id"
+)
+
+
 async def user_by_token(db: Database, token: str) -> Row | None:
-    """The token's user: from memory after the first lookup (see Caches.tokens)."""
+    """The token's user, unless banned: from memory after the first lookup (see
+    Caches.tokens). A banned user's row is never kept, and a new ban forgets every token
+    kept (its trigger), the command line's too (check_external)."""
+    db.check_external()
     tokens = db.caches.tokens
     user = tokens.get(token)
     if user is None:
         version = tokens.version()
-        user = await db.fetch_one("SELECT id, username, token FROM users WHERE token = ?", (token,))
-        if user is not None:
-            tokens.keep(token, user, version)
-    return None if user is None else dict(user)  # a copy: the cached row stays as read
+        user = await db.fetch_one(f"{_USER_AND_BAN} WHERE u.token = ?", (now(), token))
+        if user is None or user["banned"]:
+            return None
+        tokens.keep(token, user, version)
+    return dict(user)  # a copy: the cached row stays as read
 
 
-async def create_user(db: Database, username: str, password_hash: str) -> bool:
-    """Insert a user; False if the name is taken (case-insensitively, or a look-alike)."""
+async def banned_among(db: Database, user_ids: list[int]) -> list[int]:
+    """Those of the users who are banned now."""
+    found = []
+    for user_id in user_ids:  # one indexed lookup each: the users with sockets, not all
+        row = await db.fetch_one(
+            "SELECT 1 AS yes FROM bans WHERE user_id = ? AND (until IS NULL OR until > ?)",
+            (user_id, now()),
+        )
+        if row is not None:
+            found.append(user_id)
+    return found
+
+
+async def ban_of_token(db: Database, token: str) -> Row | None:
+    """The lasting ban of the token's user ({reason, until}), if any (socket auth says why)."""
+    user = await db.fetch_one(f"{_USER_AND_BAN} WHERE u.token = ?", (now(), token))
+    return ban_of(user)
+
+
+async def user_profile(db: Database, user_id: int) -> Row | None:
+    """A user with role, creation time, timeout and lasting ban (getme, the login checks)."""
+    return await db.fetch_one(f"{_USER_AND_BAN} WHERE u.id = ?", (now(), user_id))
+
+
+def ban_of(user: Row | None) -> Row | None:
+    """{reason, until} of a user row read with its ban (user_profile), if the ban lasts."""
+    if user is None or not user["banned"]:
+        return None
+    return {"reason": user["ban_reason"], "until": user["ban_until"]}
+
+
+def timed_out_until(user: Row) -> str | None:
+    """When the user's timeout ends, if it still lasts."""
+    until = user.get("timed_out_until")
+    return until if until is not None and until > now() else None
+
+
+class Created(enum.StrEnum):
+    """What create_user did."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # the name is taken (case-insensitively, or a look-alike)
+    NO_INVITE = "no invite"  # the invite is unknown, used up or expired
+
+
+def invite_hash(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+async def create_user(
+    db: Database, username: str, password_hash: str, invite: str | None = None, audit: bool = False
+) -> Created:
+    """Insert a user. With `invite`, one use of it is taken in the same transaction (two
+    registrations racing for a one-use invite: exactly one gets it); a taken name uses none.
+    `audit`: made on the command line (in the audit log)."""
 
     key = name_key(username)
 
-    def step(conn: sqlite3.Connection) -> bool:
+    def step(conn: sqlite3.Connection) -> Created:
         if conn.execute("SELECT 1 FROM users WHERE name_key = ?", (key,)).fetchone():
-            return False
+            return Created.EXISTS
+        if invite is not None and not _use_invite(conn, invite):
+            return Created.NO_INVITE
         cursor = conn.execute(
             "INSERT INTO users (username, password_hash, created_at, name_key) VALUES (?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             (username, password_hash, now(), key),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount != 1:
+            return Created.EXISTS
+        if audit:
+            _audit(conn, permissions.CONSOLE, "adduser", target=username)
+        return Created.CREATED
 
     return await db.write(step)
+
+
+def _use_invite(conn: sqlite3.Connection, code: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE invites SET uses_left = uses_left - 1"
+        " WHERE code_hash = ? AND uses_left > 0 AND expires > ?",
+        (invite_hash(code), now()),
+    )
+    return cursor.rowcount == 1
 
 
 async def replace_token(db: Database, user_id: int, token: str) -> str | None:
@@ -479,14 +629,19 @@ async def replace_token(db: Database, user_id: int, token: str) -> str | None:
     return await db.write(step)
 
 
-async def set_password(db: Database, user_id: int, password_hash: str, token: str) -> None:
-    """A new password hash and a new token, together (changepassword)."""
+async def set_password(
+    db: Database, user_id: int, password_hash: str, token: str, audit: str | None = None
+) -> None:
+    """A new password hash and a new token, together (changepassword; the command line's
+    resetpassword, `audit` naming the user for the audit log)."""
 
     def step(conn: sqlite3.Connection) -> None:
         conn.execute(
             "UPDATE users SET password_hash = ?, token = ? WHERE id = ?",
             (password_hash, token, user_id),
         )
+        if audit is not None:
+            _audit(conn, permissions.CONSOLE, "resetpassword", target=audit)
 
     await db.write(step)
 
@@ -549,6 +704,7 @@ async def channel_by_name(db: Database, name: str) -> Row | None:
 async def channel_of_member(db: Database, name: str, user_id: int) -> Row | None:
     """The named channel, with `member` (1 or 0): whether the user is in it; one lookup, and
     none when the membership is in memory (see Caches.memberships)."""
+    db.check_external()
     memberships, key = db.caches.memberships, (ascii_lower(name), user_id)
     channel = memberships.get(key)
     if channel is None:
@@ -657,14 +813,15 @@ async def insert_message(
 ) -> Row:
     """Store a message (and, for a DM, both sides' links); return the message object.
 
-    `outbox`: its Discord posts (bot.py plans them), committed in the same transaction.
-    `nonce`: if the sender used it in the last 24 hours, nothing is stored and the answer is
-    `{"id": <that message's id>, "repeat": True}` (checked inside the write gate, so two
-    concurrent requests with one nonce cannot both create a message)."""
+    `outbox`: its Discord posts (bot.py plans them), committed in the same transaction. A
+    `nonce` the sender used in the last 24 hours: nothing stored, `{"id": <that message's
+    id>, "repeat": True}` (checked in the write, so two requests with one nonce cannot both
+    create a message). A sender banned or timed out by then: `{"refused": ...}`, nothing
+    stored (`_restriction`)."""
 
     def step(conn: sqlite3.Connection) -> Row:
-        if nonce is not None and (seen := _nonce_seen(conn, sender_id, nonce)) is not None:
-            return {"id": seen, "repeat": True}
+        if (early := _refused_or_repeat(conn, sender_id, nonce)) is not None:
+            return early
         row = {
             "kind": kind,
             "sender": sender,
@@ -698,6 +855,35 @@ async def insert_message(
         return {"id": message_id, **row}
 
     return await db.write(step)
+
+
+def _refused_or_repeat(
+    conn: sqlite3.Connection, sender_id: int | None, nonce: str | None
+) -> Row | None:
+    """insert_message's answers without a new message: the sender may not send now, or the
+    nonce was used already."""
+    if sender_id is not None and (refused := _restriction(conn, sender_id)):
+        return refused
+    if nonce is not None and (seen := _nonce_seen(conn, sender_id, nonce)) is not None:
+        return {"id": seen, "repeat": True}
+    return None
+
+
+def _restriction(conn: sqlite3.Connection, user_id: int) -> Row | None:
+    """Inside a write: why the user may not send now, or None. `{"refused": "banned"}` (or
+    the account is gone), `{"refused": "timed out", "until": ...}`."""
+    stamp = now()
+    row = conn.execute(
+        "SELECT u.timed_out_until AS until, EXISTS (SELECT 1 FROM bans AS b WHERE"
+        " b.user_id = u.id AND (b.until IS NULL OR b.until > ?)) AS banned"
+        " FROM users AS u WHERE u.id = ?",
+        (stamp, user_id),
+    ).fetchone()
+    if row is None or row["banned"]:
+        return {"refused": "banned"}
+    if row["until"] is not None and row["until"] > stamp:
+        return {"refused": "timed out", "until": row["until"]}
+    return None
 
 
 def _nonce_seen(conn: sqlite3.Connection, user_id: int | None, nonce: str) -> int | None:
@@ -746,10 +932,11 @@ OutboxPlan = Callable[[str, str, str], list[Row]]  # (dest, username, text) -> r
 
 async def edit_message(
     db: Database, message_id: int, sender_id: int, text: str, replan: OutboxPlan
-) -> tuple[Row, list[str]] | None:
+) -> tuple[Row, list[str]] | Row | None:
     """Replace the text of the sender's message and stamp `edited_timestamp`; None if it is
-    gone. Returns the message (with the ids that say who may read it) and the Discord
-    destinations that have work now.
+    gone; `{"refused": ...}` if the sender is banned or timed out (`_restriction`). Returns
+    the message (with the ids that say who may read it) and the Discord destinations that
+    have work now.
 
     Its Discord copies follow in the same transaction, per destination, part by part against
     `replan(dest, sender, text)`: a post still waiting just gets the new text; a delivered
@@ -757,7 +944,9 @@ async def edit_message(
     on Discord; extra parts are queued as posts (after the edits, as ids keep the order).
     A destination that refused the message for good is left alone."""
 
-    def step(conn: sqlite3.Connection) -> tuple[Row, list[str]] | None:
+    def step(conn: sqlite3.Connection) -> tuple[Row, list[str]] | Row | None:
+        if (refused := _restriction(conn, sender_id)) is not None:
+            return refused
         with contextlib.closing(
             conn.execute(
                 "UPDATE messages SET message = ?, edited_timestamp = ?"
@@ -858,6 +1047,7 @@ async def channel_messages(db: Database, channel_id: int, page: Page) -> list[Ro
 async def newest_page(db: Database, channel_id: int, count: int) -> bytes:
     """The channel's newest `count` messages as the encoded answer `{"messages": [...]}`:
     from memory until the channel changes (see Caches.pages)."""
+    db.check_external()
     pages = db.caches.pages
     body = (pages.get(channel_id) or {}).get(count)
     if body is None:
@@ -1181,4 +1371,337 @@ async def discord_user_by_name(db: Database, username: str) -> Row | None:
     return await db.fetch_one(
         "SELECT id, username FROM discord_users WHERE username = ? ORDER BY seen_at DESC LIMIT 1",
         (username,),
+    )
+
+
+# --- running a community (SPEC section 8) -----------------------------------------------
+# Each action decides its permission inside its own write step, from the roles as they are
+# in that transaction (permissions.allowed): a role change racing an action is decided by
+# the order of the two commits, never by a stale read. The results are small dicts: `error`
+# (one of the words below) or what was done.
+
+NOT_FOUND, FORBIDDEN, LAST_ADMIN, NOT_BANNED, LINKED = (
+    "not found", "forbidden", "last admin", "not banned", "linked"
+)  # fmt: skip
+PURGE_SECONDS = 7 * 24 * 3600  # banuser's purge: the public and channel messages of 7 days
+
+
+def _actor(conn: sqlite3.Connection, actor_id: int | None) -> Actor | None:
+    """Who acts, as of this transaction: the command line (None), or a user with their role
+    now (None if the account is gone or banned meanwhile)."""
+    if actor_id is None:
+        return Actor.console()
+    row = conn.execute(
+        "SELECT u.role, EXISTS (SELECT 1 FROM bans AS b WHERE b.user_id = u.id AND"
+        " (b.until IS NULL OR b.until > ?)) AS banned FROM users AS u WHERE u.id = ?",
+        (now(), actor_id),
+    ).fetchone()
+    return None if row is None or row["banned"] else Actor(actor_id, Role(row["role"]))
+
+
+def _target(
+    conn: sqlite3.Connection, action: str, actor_id: int | None, username: str
+) -> tuple[Row | None, str | None]:
+    """The named user and whether the actor may `action` them: (user, None) or (…, error)."""
+    user = conn.execute(
+        "SELECT id, username, role FROM users WHERE username = ?", (username,)
+    ).fetchone()
+    if user is None:
+        return None, NOT_FOUND
+    actor = _actor(conn, actor_id)
+    if actor is None or not permissions.allowed(action, actor, user["id"], user["role"]):
+        return user, FORBIDDEN
+    return user, None
+
+
+def _audit(conn: sqlite3.Connection, actor: str, action: str, **entry: Any) -> None:
+    conn.execute(
+        "INSERT INTO audit_log (actor, action, target, message_id, reason, until, timestamp)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (actor, action, entry.get("target"), entry.get("message_id"), entry.get("reason"),
+         entry.get("until"), now()),
+    )  # fmt: skip
+
+
+async def may(db: Database, action: str, actor_id: int) -> bool:
+    """Whether the user's role allows an action with no target user (a read before acting;
+    the actions that write check again in their step)."""
+    row = await db.fetch_one("SELECT role FROM users WHERE id = ?", (actor_id,))
+    return row is not None and permissions.allowed(action, Actor(actor_id, Role(row["role"])))
+
+
+async def set_role(
+    db: Database, actor_id: int | None, actor_name: str, username: str, role: Role
+) -> Row:
+    """setrole: {"user": {id, username, role}} or {"error": ...}; never demotes the last admin."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        user, error = _target(conn, "setrole", actor_id, username)
+        if error:
+            return {"error": error}
+        if user["role"] == Role.ADMIN and role != Role.ADMIN:
+            admins = conn.execute("SELECT count(*) AS n FROM users WHERE role = ?", (Role.ADMIN,))
+            if admins.fetchone()["n"] <= 1:
+                return {"error": LAST_ADMIN}
+        conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, user["id"]))
+        _audit(conn, actor_name, "setrole", target=user["username"], reason=role)
+        return {"user": {**user, "role": role}}
+
+    return await db.write(step)
+
+
+async def ban_user(
+    db: Database,
+    actor_id: int | None,
+    actor_name: str,
+    username: str,
+    reason: str | None,
+    seconds: int | None,
+    purge: bool,
+) -> Row:
+    """banuser: {"user", "until", "purged": [deleted messages]} or {"error": ...}. A second
+    ban replaces the first. `purge`: the user's public and channel messages of the last 7
+    days go too (their Discord copies with them); DMs never."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        user, error = _target(conn, "banuser", actor_id, username)
+        if error:
+            return {"error": error}
+        until = None if seconds is None else now(seconds)
+        conn.execute(
+            "INSERT INTO bans (user_id, reason, until, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id) DO UPDATE SET reason = excluded.reason,"
+            " until = excluded.until, created_at = excluded.created_at",
+            (user["id"], reason, until, now()),
+        )
+        purged = _purge(conn, user["id"]) if purge else []
+        _audit(conn, actor_name, "banuser", target=user["username"], reason=reason, until=until)
+        return {"user": user, "until": until, "purged": purged}
+
+    return await db.write(step, scrub=purge)
+
+
+def _purge(conn: sqlite3.Connection, user_id: int) -> list[Row]:
+    rows = conn.execute(
+        "SELECT id, kind, channel, sender_id, channel_id, recipient_id FROM messages"
+        " WHERE sender_id = ? AND timestamp >= ? AND kind IN ('public', 'channel')",
+        (user_id, now(-PURGE_SECONDS)),
+    ).fetchall()
+    purged = list(rows)
+    conn.executemany("DELETE FROM messages WHERE id = ?", [(m["id"],) for m in purged])
+    for message in purged:
+        _outbox_message_deleted(conn, message["id"])
+    return purged
+
+
+async def unban_user(db: Database, actor_id: int | None, actor_name: str, username: str) -> Row:
+    """unbanuser: {"user"} or {"error": ...} (NOT_BANNED: no ban, or one that has ended)."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        user, error = _target(conn, "unbanuser", actor_id, username)
+        if error:
+            return {"error": error}
+        with contextlib.closing(
+            conn.execute("DELETE FROM bans WHERE user_id = ? RETURNING until", (user["id"],))
+        ) as cursor:
+            ban = cursor.fetchone()
+        if ban is None or (ban["until"] is not None and ban["until"] <= now()):
+            return {"error": NOT_BANNED}  # an ended ban's row is gone now too
+        _audit(conn, actor_name, "unbanuser", target=user["username"])
+        return {"user": user}
+
+    return await db.write(step)
+
+
+async def timeout_user(
+    db: Database, actor_id: int | None, actor_name: str, username: str, seconds: int
+) -> Row:
+    """timeoutuser: {"user", "until"} or {"error": ...}; 0 seconds lifts a timeout."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        user, error = _target(conn, "timeoutuser", actor_id, username)
+        if error:
+            return {"error": error}
+        until = now(seconds) if seconds else None
+        conn.execute("UPDATE users SET timed_out_until = ? WHERE id = ?", (until, user["id"]))
+        _audit(conn, actor_name, "timeoutuser", target=user["username"], until=until)
+        return {"user": user, "until": until}
+
+    return await db.write(step)
+
+
+async def delete_message_as(db: Database, message_id: int, actor_id: int, actor_name: str) -> Row:
+    """deletemessage: {"message": the deleted message} or {"error": NOT_FOUND | FORBIDDEN}.
+    The author, a moderator or admin, or the channel's creator (permissions.may_delete); a
+    delete of someone else's message is in the audit log."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        message = conn.execute(
+            "SELECT m.id, m.kind, m.channel, m.sender, m.sender_id, m.channel_id,"
+            " m.recipient_id, c.creator_id, u.role AS sender_role FROM messages AS m"
+            " LEFT JOIN channels AS c ON c.id = m.channel_id"
+            " LEFT JOIN users AS u ON u.id = m.sender_id WHERE m.id = ?",
+            (message_id,),
+        ).fetchone()
+        if message is None:
+            return {"error": NOT_FOUND}
+        actor = _actor(conn, actor_id)
+        role, creator = message["sender_role"] or "", message["creator_id"]
+        if actor is None or not permissions.may_delete(actor, message, role, creator):
+            return {"error": FORBIDDEN}
+        conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        _outbox_message_deleted(conn, message_id)
+        if message["sender_id"] != actor_id:
+            _audit(conn, actor_name, "deletemessage", target=message["sender"],
+                   message_id=message_id)  # fmt: skip
+        return {"message": message}
+
+    return await db.write(step, scrub=True)
+
+
+AUDIT_SELECT = (
+    "SELECT id, actor, action, target, message_id, reason, until, timestamp FROM audit_log"
+)
+
+
+async def audit_entries(db: Database, page: Page) -> list[Row]:
+    return await _page(db, AUDIT_SELECT, "1", (), "id", page)
+
+
+async def create_invite(
+    db: Database, actor_id: int, actor_name: str, code: str, uses: int, seconds: int
+) -> Row:
+    """createinvite: {"expires"} or {"error": FORBIDDEN}. Only the code's hash is kept."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        actor = _actor(conn, actor_id)
+        if actor is None or not permissions.allowed("createinvite", actor):
+            return {"error": FORBIDDEN}
+        expires = now(seconds)
+        conn.execute(
+            "INSERT INTO invites (code_hash, uses_left, expires, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (invite_hash(code), uses, expires, actor_id, now()),
+        )
+        _audit(
+            conn,
+            actor_name,
+            "createinvite",
+            reason=f"{uses} use{'' if uses == 1 else 's'}",
+            until=expires,
+        )
+        return {"expires": expires}
+
+    return await db.write(step)
+
+
+async def invite_usable(db: Database, code: str) -> bool:
+    row = await db.fetch_one(
+        "SELECT 1 AS yes FROM invites WHERE code_hash = ? AND uses_left > 0 AND expires > ?",
+        (invite_hash(code), now()),
+    )
+    return row is not None
+
+
+async def users_page(db: Database, page: Page) -> list[Row]:
+    """The users with role, creation time, timeout and lasting ban, by id (the admin page)."""
+    rows = await _page(db, _USER_AND_BAN, "1", (now(),), "u.id", page)
+    return [
+        {"id": r["id"], "username": r["username"], "role": r["role"], "created": r["created_at"],
+         "timed_out_until": timed_out_until(r), "banned": ban_of(r)}
+        for r in rows
+    ]  # fmt: skip
+
+
+# --- Discord links ------------------------------------------------------------------------
+
+
+async def link_channel(
+    db: Database, actor_id: int, actor_name: str, channel_id: int, discord_channel_id: int
+) -> Row:
+    """linkchannel: {"linked": True} or {"error": FORBIDDEN | NOT_FOUND | LINKED} (one link
+    per channel on each side)."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        actor = _actor(conn, actor_id)
+        if actor is None or not permissions.allowed("linkchannel", actor):
+            return {"error": FORBIDDEN}
+        channel = conn.execute("SELECT name FROM channels WHERE id = ?", (channel_id,)).fetchone()
+        if channel is None:
+            return {"error": NOT_FOUND}
+        cursor = conn.execute(
+            "INSERT INTO channel_links (channel_id, discord_channel_id, created_at)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (channel_id, discord_channel_id, now()),
+        )
+        if cursor.rowcount != 1:
+            return {"error": LINKED}
+        _audit(conn, actor_name, "linkchannel", target=channel["name"],
+               reason=f"discord channel {discord_channel_id}")  # fmt: skip
+        return {"linked": True}
+
+    return await db.write(step)
+
+
+async def unlink_channel(db: Database, actor_id: int, actor_name: str, channel_id: int) -> Row:
+    """unlinkchannel: {"unlinked": discord channel id} or {"error": FORBIDDEN | NOT_FOUND}."""
+
+    def step(conn: sqlite3.Connection) -> Row:
+        actor = _actor(conn, actor_id)
+        if actor is None or not permissions.allowed("unlinkchannel", actor):
+            return {"error": FORBIDDEN}
+        with contextlib.closing(
+            conn.execute(
+                "DELETE FROM channel_links WHERE channel_id = ?"
+                " RETURNING discord_channel_id, (SELECT name FROM channels WHERE id = ?) AS name",
+                (channel_id, channel_id),
+            )
+        ) as cursor:
+            link = cursor.fetchone()
+        if link is None:
+            return {"error": NOT_FOUND}
+        _audit(conn, actor_name, "unlinkchannel", target=link["name"],
+               reason=f"discord channel {link['discord_channel_id']}")  # fmt: skip
+        return {"unlinked": link["discord_channel_id"]}
+
+    return await db.write(step)
+
+
+async def link_of_channel(db: Database, channel_id: int) -> int | None:
+    """The Discord channel linked to a Button API channel."""
+    row = await db.fetch_one(
+        "SELECT discord_channel_id FROM channel_links WHERE channel_id = ?", (channel_id,)
+    )
+    return row["discord_channel_id"] if row else None
+
+
+async def link_by_name(db: Database, name: str) -> int | None:
+    """The Discord channel linked to the Button API channel of that name."""
+    row = await db.fetch_one(
+        "SELECT l.discord_channel_id FROM channels AS c"
+        " JOIN channel_links AS l ON l.channel_id = c.id WHERE c.name = ?",
+        (name,),
+    )
+    return row["discord_channel_id"] if row else None
+
+
+async def channel_of_link(db: Database, discord_channel_id: int) -> Row | None:
+    """The Button API channel ({id, name}) linked to a Discord channel."""
+    return await db.fetch_one(
+        "SELECT c.id, c.name FROM channel_links AS l JOIN channels AS c ON c.id = l.channel_id"
+        " WHERE l.discord_channel_id = ?",
+        (discord_channel_id,),
+    )
+
+
+MAX_LINKS = 1000  # links listed at most (getlinks)
+
+
+async def links(db: Database) -> list[Row]:
+    """The links, by Button API channel id (the admin page)."""
+    return await db.fetch_all(
+        "SELECT c.name, CAST(l.discord_channel_id AS TEXT) AS discord_channel"
+        " FROM channel_links AS l JOIN channels AS c ON c.id = l.channel_id"
+        " WHERE l.channel_id > 0 ORDER BY l.channel_id LIMIT ?",
+        (MAX_LINKS,),
     )

@@ -8,10 +8,14 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL,
     token         TEXT UNIQUE,                 -- UUID4; NULL until generatetoken
     created_at    TEXT NOT NULL,
-    name_key      TEXT                         -- db.name_key(username): look-alikes collide
+    name_key      TEXT,                        -- db.name_key(username): look-alikes collide
+    role          TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('member', 'moderator', 'admin')),
+    timed_out_until TEXT                       -- timeoutuser: no sends before this time; NULL: none
 );
 -- register: a new name may not equal an existing one after NFKC and case folding.
 CREATE INDEX IF NOT EXISTS users_by_name_key ON users (name_key);
+-- setrole: the admins left (never demote the last one).
+CREATE INDEX IF NOT EXISTS users_by_role ON users (role);
 
 CREATE TABLE IF NOT EXISTS channels (
     id         INTEGER PRIMARY KEY,
@@ -88,8 +92,9 @@ CREATE INDEX IF NOT EXISTS nonces_by_message ON nonces (message_id);
 -- text is to be replaced by `content`), 'delete' (a copy to delete on Discord), 'failed'
 -- (refused for good; never retried). `dest` is the delivery queue:
 -- 'channel:<Discord channel id>', 'user:<Discord user id>' (a DM), or 'name:<channel name>'
--- (a mirror planned before the guild's channels were known). `content` is kept only while
--- the post or edit waits, as the bot posts it (the first part starts with `**name**: `).
+-- (left by a version before links: resolved through the channel's link, else dropped).
+-- `content` is kept only while the post or edit waits, as the bot posts it (the first part
+-- starts with `**name**: `).
 -- `username`: the Button API sender's name, shown as the display name when the post goes
 -- through a channel webhook (NULL: posted by the bot only: DMs, the bot's own replies).
 -- `webhook_id`: the webhook that posted the copy (NULL: the bot did). `nonce` makes Discord
@@ -127,3 +132,55 @@ CREATE TABLE IF NOT EXISTS discord_users (
     seen_at  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS discord_users_by_name ON discord_users (username, seen_at);
+
+-- Running a community (SPEC section 8).
+-- A ban: while it lasts (`until` NULL: until unbanned; else the time it ends, compared with
+-- the clock at every lookup, so a timed ban ends by itself, across restarts too) the user's
+-- token fails everywhere and their credentials are refused.
+CREATE TABLE IF NOT EXISTS bans (
+    user_id    INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    reason     TEXT,
+    until      TEXT,                             -- same format as messages.timestamp
+    created_at TEXT NOT NULL
+);
+
+-- Every moderation and administration action, newest last. Names are kept as text: an entry
+-- outlives the accounts it names. `actor` is `(console)` for the command line.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT,
+    message_id INTEGER,
+    reason     TEXT,
+    until      TEXT,
+    timestamp  TEXT NOT NULL
+);
+
+-- Invites (BUTTONAPI_REGISTRATION=invite): only a SHA-256 of each code is kept.
+CREATE TABLE IF NOT EXISTS invites (
+    code_hash  TEXT PRIMARY KEY,
+    uses_left  INTEGER NOT NULL CHECK (uses_left >= 0),
+    expires    TEXT NOT NULL,
+    created_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+-- deleteaccount: the foreign key's ON DELETE SET NULL finds the account's invites.
+CREATE INDEX IF NOT EXISTS invites_by_creator ON invites (created_by);
+
+-- Discord links (linkchannel): the only way a Button API channel is bridged; one link per
+-- channel on each side.
+CREATE TABLE IF NOT EXISTS channel_links (
+    channel_id         INTEGER PRIMARY KEY REFERENCES channels(id) ON DELETE CASCADE,
+    discord_channel_id INTEGER NOT NULL UNIQUE,
+    created_at         TEXT NOT NULL
+);
+
+-- Counters shared between processes. `external_writes`: bumped by every transaction of the
+-- command line (another process, whose writes fire none of the server's cache triggers); the
+-- server forgets its caches when it sees it move (db.Database.check_external).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('external_writes', 0);

@@ -509,12 +509,21 @@ async def attack_sessions(tmp: Path, size: dict[str, int], seconds: float, reap_
         ]
         if reap_wait > 0:
             log(f"sessions: waiting {reap_wait:.0f} s for Engine.IO to reap the sessions")
-            await asyncio.sleep(reap_wait)
+            ended = time.monotonic()
+            freed = ""
             async with aiohttp.ClientSession(timeout=timeout) as http:
+                # while the cap is full, one handshake a second finds when it frees
+                while (waited := time.monotonic() - ended) < reap_wait:
+                    if legit != 200:
+                        legit = await handshake(http, server)
+                        if legit == 200:
+                            freed = f"; the cap freed {waited:.0f} s after the flood"
+                    await asyncio.sleep(min(1.0, max(0.0, reap_wait - waited)))
                 legit = await handshake(http, server)
             row.notes.append(
                 f"after --reap-wait {reap_wait:.0f} s: RSS {mb(server.rss()):.1f} MB, "
                 f"a new handshake: {legit}, healthy: {'yes' if await server.healthy() else 'NO'}"
+                + freed
             )
         else:
             row.notes.append(
@@ -590,7 +599,57 @@ class IdleSocket(asyncio.Protocol):
         self.fail("connection lost")
 
 
-async def attack_idle(tmp: Path, size: dict[str, int]) -> Row:
+def registered(client: IdleSocket) -> bool:
+    done = client.connected.done() and not client.connected.cancelled()
+    return done and client.connected.exception() is None and not client.lost
+
+
+async def idle_round(
+    server: Server, token: str, n: int, clients: list[IdleSocket]
+) -> dict[str, Any]:
+    """Open n authenticated sockets (CONNECT_GATE at a time), hold them SETTLE seconds, close
+    them all and wait SETTLE seconds: what it took and the RSS with them open and after."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECT_GATE)
+    failures: Counter[str] = Counter()
+
+    async def connect() -> None:
+        async with gate:
+            try:
+                _, client = await loop.create_connection(
+                    lambda: IdleSocket(server.port, token), "127.0.0.1", server.port
+                )
+                clients.append(client)
+                await asyncio.wait_for(client.connected, 30)
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                failures[str(exc)[:80] or type(exc).__name__] += 1
+
+    began = time.monotonic()
+    tasks = [asyncio.create_task(connect()) for _ in range(n)]
+    _, pending = await asyncio.wait(tasks, timeout=CONNECT_LIMIT)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    opened = time.monotonic() - began
+    await asyncio.sleep(SETTLE)
+    open_now = sum(1 for c in clients if registered(c))
+    held = server.rss()
+    for client in clients:
+        if client.transport is not None:
+            client.transport.close()
+    clients.clear()
+    await asyncio.sleep(SETTLE)
+    return {
+        "open": open_now,
+        "seconds": opened,
+        "pending": len(pending),
+        "failures": failures,
+        "held": held,
+        "after": server.rss(),
+    }
+
+
+async def attack_idle(tmp: Path, size: dict[str, int], cycles: int) -> Row:
     row = Row("3 idle-socket flood")
     server = Server("idle", tmp, {})
     await server.start()
@@ -601,50 +660,47 @@ async def attack_idle(tmp: Path, size: dict[str, int]) -> Row:
         await asyncio.sleep(0.5)
         row.before = server.rss()
         n = size["sockets"]
-        log(f"idle: {n} authenticated websockets, {CONNECT_GATE} being opened at once")
-        loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(CONNECT_GATE)
-        failures: Counter[str] = Counter()
-
-        async def connect() -> None:
-            async with gate:
-                try:
-                    _, client = await loop.create_connection(
-                        lambda: IdleSocket(server.port, token), "127.0.0.1", server.port
-                    )
-                    clients.append(client)
-                    await asyncio.wait_for(client.connected, 30)
-                except (OSError, RuntimeError, TimeoutError) as exc:
-                    failures[str(exc)[:80] or type(exc).__name__] += 1
-
+        rounds = []
         with RssSampler(server.pid) as sampler:
-            began = time.monotonic()
-            tasks = [asyncio.create_task(connect()) for _ in range(n)]
-            done, pending = await asyncio.wait(tasks, timeout=CONNECT_LIMIT)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            opened = time.monotonic() - began
-            await asyncio.sleep(SETTLE)
-            open_now = sum(1 for c in clients if c.connected.done() and not c.lost)
-            held = server.rss()
-            for client in clients:
-                if client.transport is not None:
-                    client.transport.close()
-            await asyncio.sleep(SETTLE)
+            for cycle in range(cycles):
+                log(
+                    f"idle: {n} authenticated websockets, {CONNECT_GATE} being opened at once"
+                    + (f" (round {cycle + 1} of {cycles})" if cycles > 1 else "")
+                )
+                rounds.append(await idle_round(server, token, n, clients))
+                if not server.alive():
+                    break
             row.after = server.rss()
         row.peak = sampler.peak
         row.alive = server.alive()
         row.healthy = await server.healthy()
-        per_socket = (held - row.before) / open_now if open_now else float("nan")
+        first = rounds[0]
+        per_socket = (first["held"] - row.before) / first["open"] if first["open"] else 0.0
         row.notes += [
-            f"{open_now:,} of {n:,} sockets authenticated and open after {opened:.1f} s"
-            + (f" ({len(pending)} not opened within {CONNECT_LIMIT:.0f} s)" if pending else "")
-            + (f"; failures: {dict(failures)}" if failures else ""),
-            f"RSS with all open {mb(held):.1f} MB: {per_socket:.1f} KB per socket "
-            f"(above the {mb(row.before):.1f} MB before)",
-            sampler.usage(),
+            f"{first['open']:,} of {n:,} sockets authenticated and open after "
+            f"{first['seconds']:.1f} s"
+            + (
+                f" ({first['pending']} not opened within {CONNECT_LIMIT:.0f} s)"
+                if first["pending"]
+                else ""
+            )
+            + (f"; failures: {dict(first['failures'])}" if first["failures"] else ""),
+            f"RSS with all open {mb(first['held']):.1f} MB: {per_socket:.1f} KB per socket "
+            f"(above the {mb(row.before):.1f} MB before); {mb(first['after']):.1f} MB "
+            f"{SETTLE:.0f} s after they closed",
         ]
+        if cycles > 1:
+            row.notes.append(
+                f"--cycles {cycles}, the same {n:,} sockets opened and closed again on the same "
+                "server, RSS open / after close (MB): "
+                + ", ".join(f"{mb(r['held']):.1f} / {mb(r['after']):.1f}" for r in rounds)
+                + (
+                    "; not every round opened every socket"
+                    if any(r["open"] != n for r in rounds)
+                    else ""
+                )
+            )
+        row.notes.append(sampler.usage())
     finally:
         for client in clients:
             if client.transport is not None:
@@ -692,7 +748,7 @@ async def run(args: argparse.Namespace) -> int:
         if "2" in args.only:
             rows.append(await attack_sessions(tmp, size, args.flood_seconds, args.reap_wait))
         if "3" in args.only:
-            rows.append(await attack_idle(tmp, size))
+            rows.append(await attack_idle(tmp, size, args.cycles))
         print_table(mode, rows)
         if args.logs:
             print_logs(tmp)
@@ -713,6 +769,12 @@ def main() -> None:
         type=float,
         default=6,
         help="how long the session flood may run, at most (default 6)",
+    )
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="rounds of opening and closing the idle sockets on one server (default 1)",
     )
     parser.add_argument("--only", default="123", help="which attacks, e.g. 13 (default 123)")
     parser.add_argument("--logs", action="store_true", help="print the servers' log tails")

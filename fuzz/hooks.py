@@ -25,7 +25,7 @@ import schemathesis
 
 FUZZER = {"username": "fuzzer", "password": "Fuzz3r!pass"}
 REVOKED = {"username": "revoked", "password": "Fuzz3r!pass"}  # tokens that revoketoken ends
-NUMBER_FIELDS = ("count", "before", "after", "message_id")
+NUMBER_FIELDS = ("count", "before", "after", "message_id", "seconds", "uses")
 
 
 def _post(base_url: str, name: str, body: dict) -> tuple[int, dict]:

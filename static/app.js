@@ -22,6 +22,7 @@ function el(tag, props = {}, ...children) {
 
 const state = {
   session: null, // {token, username}
+  role: "member", // getme's: member, moderator or admin
   socket: null, // Realtime
   view: { kind: "public", name: null }, // or {kind: "channel" | "dm", name}
   messages: new Map(), // id -> message object, the current view's
@@ -36,7 +37,9 @@ const state = {
   deleted: new Set(), // ids deleted while the page is open
 };
 
-const viewKey = (view) => (view.kind === "public" ? "public" : `${view.kind}:${asciiLower(view.name)}`);
+const viewKey = (view) => (view.kind === "public" || view.kind === "admin"
+  ? view.kind : `${view.kind}:${asciiLower(view.name)}`);
+const isModerator = () => state.role === "moderator" || state.role === "admin";
 const isMine = (m) => state.session && asciiLower(m.sender) === asciiLower(state.session.username);
 
 /** The other person of a DM (oneself for a DM to oneself). */
@@ -81,6 +84,8 @@ async function request(name, body) {
     ? data.message
     : `The server answered with an error (HTTP ${resp.status}).`;
   if (data && data.retry_after) text += ` Try again in ${data.retry_after} s.`;
+  if (data && data.reason) text += ` Reason: ${data.reason}.`;
+  if (data && data.until) text += ` Until ${new Date(data.until).toLocaleString()}.`;
   throw new ApiError(resp.status, text);
 }
 
@@ -292,6 +297,8 @@ const EVENTS = {
   api_v3_error(e) {
     if (e.message === "Token changed!") {
       endSession("Your token was changed by another login (Token changed!). Please log in again.");
+    } else if (e.message === "You are banned!") {
+      endSession("You have been banned from this community (You are banned!).");
     } else {
       showError(new ApiError(0, e.message));
     }
@@ -433,6 +440,7 @@ function openView(view) {
   state.unread.delete(viewKey(view));
   $("view-title").textContent = view.kind === "public" ? "Public feed"
     : view.kind === "channel" ? `# ${view.name}` : `Direct messages with ${view.name}`;
+  showAdmin(false);
   $("add-user-form").hidden = view.kind !== "channel";
   $("compose-text").placeholder = view.kind === "public"
     ? "Write to everyone (Enter sends, Shift+Enter adds a line)"
@@ -491,16 +499,199 @@ function messageElement(m) {
   const when = el("time", { dateTime: m.timestamp, title: new Date(m.timestamp).toLocaleString() });
   when.textContent = formatTime(m.timestamp);
   meta.append(when);
-  if (mine) {
+  // A moderator or admin may delete anyone's public and channel messages (the server decides
+  // in the end: a moderator may not delete an admin's), and ban or time out their author.
+  const moderate = !mine && isModerator() && (m.kind === "public" || m.kind === "channel");
+  if (mine || moderate) {
     const del = el("button", { type: "button", className: "delete" }, "Delete");
-    del.setAttribute("aria-label", `Delete your message: ${m.message.slice(0, 60)}`);
+    const whose = mine ? "your message" : `${m.sender}'s message`;
+    del.setAttribute("aria-label", `Delete ${whose}: ${m.message.slice(0, 60)}`);
     del.addEventListener("click", () => busy(del, () => deleteMessage(m.id)));
     meta.append(del);
   }
   const item = el("li", { className: mine ? "message mine" : "message" }, meta,
     el("p", { className: "text" }, m.message));
+  if (moderate && m.source !== "discord") {
+    for (const [label, form] of [["Ban", banForm], ["Time out", timeoutForm]]) {
+      const button = el("button", { type: "button", className: "delete" }, label);
+      button.setAttribute("aria-label", `${label} ${m.sender}`);
+      button.addEventListener("click", () => toggleForm(item, form(m.sender)));
+      meta.append(button);
+    }
+  }
   item.dataset.id = String(m.id);
   return item;
+}
+
+// --- moderating from a message -----------------------------------------------------------------
+
+/** Show `form` under a message (replacing another one there), or hide it if it is the same kind. */
+function toggleForm(item, form) {
+  const open = item.querySelector("form.moderate");
+  if (open) open.remove();
+  if (open && open.dataset.kind === form.dataset.kind) return;
+  item.append(form);
+  form.querySelector("select, input")?.focus();
+}
+
+let formIds = 0;
+
+function field(label, control) {
+  control.id = `moderate-${(formIds += 1)}`;
+  return [el("label", { htmlFor: control.id }, label), control];
+}
+
+function choices(name, options) {
+  const select = el("select", { name });
+  for (const [value, text] of options) select.append(el("option", { value }, text));
+  return select;
+}
+
+const BAN_LENGTHS = [["", "until unbanned"], ["3600", "1 hour"], ["86400", "1 day"], ["604800", "1 week"]];
+const TIMEOUT_LENGTHS = [["600", "10 minutes"], ["3600", "1 hour"], ["86400", "1 day"], ["604800", "1 week"]];
+
+function banForm(username) {
+  const reason = el("input", { name: "reason", maxLength: 200, autocomplete: "off" });
+  const purge = el("input", { name: "purge", type: "checkbox" });
+  purge.id = `moderate-${(formIds += 1)}`;
+  const form = el("form", { className: "moderate inline-form", method: "post" },
+    ...field("Reason", reason), ...field("Ban for", choices("seconds", BAN_LENGTHS)),
+    el("p", { className: "check" }, purge,
+      el("label", { htmlFor: purge.id }, "Also delete their messages of the last 7 days")),
+    el("button", { type: "submit" }, `Ban ${username}`));
+  form.dataset.kind = "ban";
+  form.setAttribute("aria-label", `Ban ${username}`);
+  onFormSubmit(form, async (f) => {
+    const body = { username, purge: f.purge.checked };
+    if (f.reason.value) body.reason = f.reason.value;
+    if (f.seconds.value) body.seconds = Number(f.seconds.value);
+    const done = await call("banuser", body);
+    form.remove();
+    showNotice(`${done.username} is banned${done.until ? ` until ${new Date(done.until).toLocaleString()}` : ""}.`);
+  });
+  return form;
+}
+
+function timeoutForm(username) {
+  const form = el("form", { className: "moderate inline-form", method: "post" },
+    ...field("Time out for", choices("seconds", TIMEOUT_LENGTHS)),
+    el("button", { type: "submit" }, `Time out ${username}`));
+  form.dataset.kind = "timeout";
+  form.setAttribute("aria-label", `Time out ${username}`);
+  onFormSubmit(form, async (f) => {
+    const done = await call("timeoutuser", { username, seconds: Number(f.seconds.value) });
+    form.remove();
+    showNotice(`${done.username} is timed out until ${new Date(done.until).toLocaleString()}.`);
+  });
+  return form;
+}
+
+// --- the community page (moderators and admins) -------------------------------------------------
+
+const USERS_PAGE = 100;
+
+function openAdmin() {
+  state.view = { kind: "admin", name: null };
+  state.loads += 1;
+  $("view-title").textContent = "Community";
+  showAdmin(true);
+  setSidebarOpen(false);
+  renderSidebar();
+  background(() => Promise.all([loadUsers(), loadLinks(), loadAudit()]));
+}
+
+function showAdmin(shown) {
+  $("admin-view").hidden = !shown;
+  $("messages").hidden = shown;
+  $("compose-form").hidden = shown;
+  if (shown) $("add-user-form").hidden = true;
+  $("link-form").hidden = state.role !== "admin";
+}
+
+function statusOf(u) {
+  if (u.banned) {
+    const until = u.banned.until ? ` until ${new Date(u.banned.until).toLocaleString()}` : "";
+    return `banned${until}${u.banned.reason ? ` (${u.banned.reason})` : ""}`;
+  }
+  if (u.timed_out_until) return `timed out until ${new Date(u.timed_out_until).toLocaleString()}`;
+  return "active";
+}
+
+function userRow(u) {
+  let role = el("span", {}, u.role);
+  if (state.role === "admin" && asciiLower(u.username) !== asciiLower(state.session.username)) {
+    role = choices("role", [["member", "member"], ["moderator", "moderator"], ["admin", "admin"]]);
+    role.value = u.role;
+    role.setAttribute("aria-label", `Role of ${u.username}`);
+    role.addEventListener("change", () => busy(role, async () => {
+      try {
+        const done = await call("setrole", { username: u.username, role: role.value });
+        showNotice(`${done.username} is now ${done.role}.`);
+      } catch (err) {
+        role.value = u.role;
+        throw err;
+      }
+      u.role = role.value;
+      await loadAudit();
+    }));
+  }
+  const row = el("tr", {}, el("td", {}, u.username), el("td", {}, role), el("td", {}, statusOf(u)));
+  row.dataset.username = u.username;
+  return row;
+}
+
+async function loadUsers(after) {
+  const data = await call("getusers", after ? { count: USERS_PAGE, after } : { count: USERS_PAGE, after: 0 });
+  const rows = data.users.map(userRow);
+  if (after) $("user-rows").append(...rows);
+  else $("user-rows").replaceChildren(...rows);
+  state.lastUserId = data.users.length ? data.users[data.users.length - 1].id : after || 0;
+  $("users-more").hidden = data.users.length < USERS_PAGE;
+}
+
+async function loadLinks() {
+  const data = await call("getlinks");
+  $("link-rows").replaceChildren(...data.links.map((l) => {
+    const item = el("li", {}, `# ${l.name} ↔ Discord channel ${l.discord_channel} `);
+    if (state.role === "admin") {
+      const unlink = el("button", { type: "button", className: "delete" }, "Unlink");
+      unlink.setAttribute("aria-label", `Unlink ${l.name}`);
+      unlink.addEventListener("click", () => busy(unlink, async () => {
+        await call("unlinkchannel", { name: l.name });
+        showNotice(`# ${l.name} is no longer linked to Discord.`);
+        await Promise.all([loadLinks(), loadAudit()]);
+      }));
+      item.append(unlink);
+    }
+    return item;
+  }));
+  $("links-empty").hidden = data.links.length > 0;
+}
+
+function auditRow(e) {
+  const when = el("time", { dateTime: e.timestamp }, formatTime(e.timestamp));
+  const details = [e.reason, e.until && `until ${new Date(e.until).toLocaleString()}`,
+    e.message_id && `message ${e.message_id}`].filter(Boolean).join(", ");
+  const row = el("tr", {}, el("td", {}, when), el("td", {}, e.actor), el("td", {}, e.action),
+    el("td", {}, e.target || ""), el("td", {}, details));
+  row.dataset.id = String(e.id);
+  return row;
+}
+
+async function loadAudit(before) {
+  const data = await call("getauditlog", before ? { count: PAGE, before } : { count: PAGE });
+  const rows = data.entries.map(auditRow).reverse(); // newest first
+  if (before) $("audit-rows").append(...rows);
+  else $("audit-rows").replaceChildren(...rows);
+  $("audit-older").hidden = data.entries.length < PAGE;
+}
+
+async function loadMe() {
+  const me = await call("getme");
+  state.role = me.role;
+  $("my-role").textContent = me.role === "member" ? "" : `(${me.role})`;
+  $("admin-button").hidden = !isModerator();
+  if (state.view.kind !== "admin") renderMessages();
 }
 
 function renderMessages() {
@@ -565,7 +756,8 @@ async function sendMessage(text) {
 }
 
 async function refreshAll() {
-  await Promise.all([loadChannels(), loadConversations(), reloadView()]);
+  const view = state.view.kind === "admin" ? loadAudit() : reloadView();
+  await Promise.all([loadMe(), loadChannels(), loadConversations(), view]);
 }
 
 // --- the session ------------------------------------------------------------------------
@@ -586,7 +778,10 @@ function startSession(session) {
   localStorage.setItem(STORE, JSON.stringify(session));
   Object.assign(state, {
     channels: [], conversations: new Map(), conversationsLoaded: false, unread: new Set(), deleted: new Set(),
+    role: "member",
   });
+  $("my-role").textContent = "";
+  $("admin-button").hidden = true;
   $("me").textContent = session.username;
   $("connection").textContent = "Connecting…";
   $("connection").className = "connection";
@@ -594,7 +789,7 @@ function startSession(session) {
   $("chat-screen").hidden = false;
   for (const form of document.querySelectorAll("#auth-screen form")) form.reset();
   openView({ kind: "public", name: null });
-  background(() => Promise.all([loadChannels(), loadConversations()]));
+  background(() => Promise.all([loadMe(), loadChannels(), loadConversations()]));
   connect();
   $("compose-text").focus();
 }
@@ -625,7 +820,10 @@ function storedSession() {
 // --- wiring -----------------------------------------------------------------------------
 
 function onSubmit(id, work) {
-  const form = $(id);
+  onFormSubmit($(id), work);
+}
+
+function onFormSubmit(form, work) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     hideError();
@@ -641,7 +839,9 @@ function setSidebarOpen(open) {
 function wire() {
   onSubmit("login-form", (f) => logIn(f.username.value, f.password.value));
   onSubmit("register-form", async (f) => {
-    await request("register", { username: f.username.value, password: f.password.value });
+    const body = { username: f.username.value, password: f.password.value };
+    if (f.invite.value) body.invite = f.invite.value.trim();
+    await request("register", body);
     await logIn(f.username.value, f.password.value);
   });
   onSubmit("channel-form", async (f) => {
@@ -686,6 +886,26 @@ function wire() {
     if (overlay) $("view-title").focus(); // the button is hidden now: keep the focus in sight
   });
   $("older-button").addEventListener("click", () => busy($("older-button"), loadOlder));
+  $("admin-button").addEventListener("click", openAdmin);
+  $("users-more").addEventListener("click", () => busy($("users-more"), () => loadUsers(state.lastUserId)));
+  $("audit-older").addEventListener("click", () => busy($("audit-older"), () => {
+    const ids = [...$("audit-rows").children].map((row) => Number(row.dataset.id));
+    return loadAudit(Math.min(...ids));
+  }));
+  onSubmit("invite-form", async (f) => {
+    const made = await call("createinvite", { uses: Number(f.uses.value), seconds: Number(f.days.value) * 86400 });
+    $("invite-code").textContent = made.invite;
+    $("invite-info").textContent = `${made.uses} use${made.uses === 1 ? "" : "s"}, until ${new Date(made.expires).toLocaleString()}`;
+    $("invite-made").hidden = false;
+    await loadAudit();
+  });
+  onSubmit("link-form", async (f) => {
+    const done = await call("linkchannel", { name: f.name.value, discord_channel: f.discord.value });
+    f.name.value = "";
+    f.discord.value = "";
+    showNotice(`# ${done.name} is linked to Discord channel ${done.discord_channel}.`);
+    await Promise.all([loadLinks(), loadAudit()]);
+  });
   $("logout-button").addEventListener("click", () => endSession(null));
   $("alert-close").addEventListener("click", hideError);
   $("notice-close").addEventListener("click", () => { $("notice").hidden = true; });

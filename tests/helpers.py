@@ -467,3 +467,20 @@ def masked_text_frame(text: str) -> bytes:
     size = len(payload)
     length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
     return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def link(api, name, discord_channel):
+    """An admin links the API channel `name` to a Discord channel (SPEC 6: names alone bridge
+    nothing). The admin, `linker`, is made as the command line makes one."""
+    import db
+    from buttonapi import db_key
+    from permissions import Role
+
+    await until_health(api.client, "connected")  # linkchannel needs the bot (else 503)
+    database = api.client.app[db_key]
+    if await db.user_by_name(database, "linker") is None:
+        await api.register("linker")
+        await db.set_role(database, None, "(console)", "linker", Role.ADMIN)
+    got = await api.ok("generatetoken", {"username": "linker", "password": PASSWORD})
+    body = {"token": got["token"], "name": name, "discord_channel": str(discord_channel)}
+    return await api.ok("linkchannel", body)

@@ -24,6 +24,7 @@ from helpers import (
     grant_webhooks,
     health,
     inbound_barrier,
+    link,
     outbox,
     statuses,
     until_health,
@@ -41,6 +42,7 @@ async def test_a_hanging_destination_does_not_delay_another(start, fake):
     api = Api(client)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     fake.fail(GENERAL, hang=True)
     body = {"token": alice, "channel": "general", "message": "stuck"}
     sending = asyncio.create_task(api.post("senddcmsg", body))
@@ -61,6 +63,7 @@ async def test_429_retry_after_is_honoured_by_the_outbox(start, fake):
     api = Api(client)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     fake.fail(GENERAL, 429, retry_after=1.5, times=1)
     body = {"token": alice, "channel": "general", "message": "patience"}
     assert (await api.post("senddcmsg", body))[0] == 202
@@ -73,6 +76,7 @@ async def test_429_retry_after_is_honoured_by_the_outbox(start, fake):
 async def test_a_short_429_is_waited_out_within_the_first_attempt(api, fake):
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     fake.fail(GENERAL, 429, retry_after=0.3, times=1)
     body = {"token": alice, "channel": "general", "message": "soon"}
     assert (await api.post("senddcmsg", body))[0] == 200
@@ -89,6 +93,7 @@ async def test_the_outbox_resumes_after_a_restart_and_delivers_once(start, fake,
     api = Api(client)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     fake.fail(BRIDGE, 503)
     fake.fail(GENERAL, 503)
     await api.public(alice, "survives a restart")
@@ -146,31 +151,32 @@ async def test_a_post_discord_accepted_before_a_crash_is_not_posted_again(start,
     await fake.wait_for(lambda f: f.deleted == [(BRIDGE, accepted)])
 
 
-async def test_mirrors_planned_before_the_guild_is_known_wait_for_it(start, fake, db_path):
-    # A gateway that never answers: the bot logs in over REST but never becomes ready.
-    dead_gateway = fake.gateway_url.replace("/gateway", "/no-gateway")
-    client = await start(discord_gateway_url=dead_gateway)
+async def test_a_linked_channels_mirror_goes_by_rest_while_the_gateway_is_down(
+    start, fake, db_path
+):
+    """A link names the Discord channel by id: its mirror needs no guild from the gateway
+    (before links, mirrors waited under the channel's name until the guild was seen)."""
+    client = await start()
     api = Api(client)
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general", "bob")
     await api.channel(alice, "elsewhere", "bob")
+    await link(api, "general", GENERAL)
+    await client.close()
+    # A gateway that never answers: the bot logs in over REST but never becomes ready.
+    dead_gateway = fake.gateway_url.replace("/gateway", "/no-gateway")
+    client = await start(discord_gateway_url=dead_gateway)
+    api = Api(client)
     assert await health(client) == "disconnected"
     body = {"token": alice, "channel": "general", "message": "x"}
     assert await api.post("senddcmsg", body) == (503, {"message": "Discord bot is not connected!"})
     await api.public(alice, "REST still works")  # the HTTP API never waits on the gateway
     await fake.wait_for(lambda f: f.contents(BRIDGE) == ["**alice**: REST still works"])
-    await api.send(bob, "general", "waits for the guild")
+    await api.send(bob, "general", "needs no guild")
     await api.send(bob, "elsewhere", "is not bridged")
-    assert sorted(r["dest"] for r in outbox(db_path) if r["state"] == "post") == [
-        "name:elsewhere",
-        "name:general",
-    ]
-    await client.close()
-
-    await start()  # now with the gateway: the guild is seen, the names resolve
-    await fake.wait_for(lambda f: f.contents(GENERAL) == ["**bob**: waits for the guild"])
+    await fake.wait_for(lambda f: f.contents(GENERAL) == ["**bob**: needs no guild"])
     assert fake.contents(RANDOM) == []
-    await eventually(lambda: len(outbox(db_path)) == 2)  # "elsewhere" was dropped
+    assert sorted(r["dest"] for r in outbox(db_path)) == [f"channel:{BRIDGE}", f"channel:{GENERAL}"]
 
 
 # --- storage -------------------------------------------------------------------------
@@ -183,6 +189,7 @@ async def test_every_bridge_statement_is_served_by_an_index(client, api, fake, d
     await database.trace(statements.append)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     await fake.inject_dm(CAROL["id"], "carol", "hi bot")
     await fake.inject_message(GENERAL, "from Discord", author=CAROL)
     await inbound_barrier(fake, api, alice)

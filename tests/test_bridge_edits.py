@@ -17,6 +17,7 @@ from helpers import (
     edit,
     eventually,
     inbound_barrier,
+    link,
     msg,
     outbox,
     public_feed,
@@ -30,6 +31,7 @@ from helpers import (
 async def test_editing_a_message_edits_its_discord_copies(api, fake, db_path, sock):
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general", "bob")
+    await link(api, "general", GENERAL)
     a, b = await sock(alice), await sock(bob)
     public_id = await api.public(alice, "public v1 @everyone")
     channel_id = await api.send(bob, "general", "channel v1")

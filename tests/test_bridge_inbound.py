@@ -12,6 +12,7 @@ from helpers import (
     RANDOM,
     TIMESTAMP,
     inbound_barrier,
+    link,
     msg,
     public_feed,
     rows,
@@ -39,6 +40,7 @@ async def test_a_discord_message_in_the_bridge_channel_becomes_public(
 async def test_a_discord_message_in_a_bridged_channel_becomes_a_channel_message(api, fake, sock):
     alice, bob, eve = await users(api, "alice", "bob", "eve")
     await api.channel(alice, "General", "bob")
+    await link(api, "General", GENERAL)
     b, e = await sock(bob), await sock(eve)
     await fake.inject_message(GENERAL, "hello channel", author=CAROL)
     _, event = await b.next("new_message")
@@ -71,6 +73,7 @@ async def test_a_discord_channel_without_an_api_channel_is_not_taken_in(api, fak
 async def test_no_echo_and_no_other_bots(api, fake, db_path):
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general", "bob")
+    await link(api, "general", GENERAL)
     await api.public(alice, "from the API")
     await api.send(alice, "general", "to the channel")
 

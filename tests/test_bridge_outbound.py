@@ -18,6 +18,7 @@ from helpers import (
     db_file_bytes,
     eventually,
     inbound_barrier,
+    link,
     outbox,
     public_feed,
     statuses,
@@ -54,6 +55,7 @@ async def test_a_mirror_never_holds_up_its_response(api, fake):
 async def test_channel_message_is_mirrored_to_the_text_channel_of_the_same_name(api, fake, db_path):
     alice, bob = await users(api, "alice", "Bob")
     await api.channel(alice, "General", "Bob")  # Discord's channel is "general"
+    await link(api, "General", GENERAL)
     await api.channel(alice, "nowhere")
     await api.send(bob, "general", "hi team")
     await api.send(alice, "nowhere", "no Discord channel has this name")
@@ -113,6 +115,7 @@ def test_split_text_cuts_at_whitespace_where_possible():
 async def test_deleting_a_message_deletes_its_discord_copy(api, fake, db_path):
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general", "bob")
+    await link(api, "general", GENERAL)
     public_id = await api.public(alice, "public one")
     channel_id = await api.send(bob, "general", "channel one")
     await fake.wait_for(lambda f: f.messages[BRIDGE] and f.messages[GENERAL])

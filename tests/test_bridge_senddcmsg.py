@@ -14,6 +14,7 @@ from helpers import (
     ID,
     Api,
     inbound_barrier,
+    link,
     msg,
     outbox,
     rows,
@@ -49,6 +50,7 @@ async def test_a_dm_to_the_bot_registers_the_user_once_and_senddcmsg_reaches_the
 async def test_senddcmsg_to_a_bridged_channel_the_sender_is_in(api, fake):
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     body = {"token": alice, "channel": "GENERAL", "message": "to <@&1> the channel"}
     assert await api.post("senddcmsg", body) == (200, {"message": "Dm message sent!", "id": ID})
     assert fake.contents(GENERAL) == ["**alice**: to <@&1> the channel"]
@@ -66,6 +68,7 @@ async def test_senddcmsg_to_a_bridged_channel_the_sender_is_in(api, fake):
 async def test_senddcmsg_without_a_target_is_400_and_keeps_nothing(api, fake, db_path, target):
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general")  # bob is not a member
+    await link(api, "general", GENERAL)
     await api.channel(bob, "lonely")  # bob is a member, but no Discord channel is "lonely"
     before = rows(db_path, "SELECT * FROM messages")
     body = {"token": bob, "channel": target, "message": "hi"}
@@ -80,6 +83,7 @@ async def test_senddcmsg_without_a_target_is_400_and_keeps_nothing(api, fake, db
 async def test_senddcmsg_prefers_a_bridged_channel_to_a_discord_user_of_that_name(api, fake):
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     await fake.inject_dm(777, "general", "I am a person called general")
     await fake.wait_for(lambda f: f.messages[f.dm_channel_id(777)])
     await api.ok("senddcmsg", {"token": alice, "channel": "general", "message": "which?"})
@@ -101,6 +105,7 @@ async def test_senddcmsg_refused_for_good_is_502_and_keeps_nothing(
 ):
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     await fake.inject_dm(CAROL["id"], "carol", "hi")
     dm = fake.dm_channel_id(CAROL["id"])
     await fake.wait_for(lambda f: f.messages[dm])  # the confirmation
@@ -122,6 +127,7 @@ async def test_senddcmsg_refused_for_good_is_502_and_keeps_nothing(
 async def test_senddcmsg_transient_failure_is_202_then_delivered_once(api, fake, db_path):
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     fake.fail(GENERAL, 503)
     body = {"token": alice, "channel": "general", "message": "eventually"}
     status, got = await api.post("senddcmsg", body)
@@ -151,6 +157,7 @@ async def test_senddcmsg_answers_202_when_the_first_attempt_outlasts_the_wait(st
     api = Api(client)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     fake.fail(GENERAL, 500)  # discord.py itself retries a 500 after 1 s, 3 s, ...
     body = {"token": alice, "channel": "general", "message": "slow"}
     assert (await api.post("senddcmsg", body))[0] == 202

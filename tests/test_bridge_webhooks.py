@@ -15,6 +15,7 @@ from helpers import (
     eventually,
     grant_webhooks,
     inbound_barrier,
+    link,
     outbox,
     rows,
     until_health,
@@ -33,6 +34,7 @@ def calls(fake, method, pattern):
 async def test_with_manage_webhooks_posts_show_the_username_as_display_name(api, fake, db_path):
     alice, bob = await users(api, "alice", "Bob")
     await api.channel(alice, "general", "Bob")
+    await link(api, "general", GENERAL)
     await grant_webhooks(fake, api, alice, BRIDGE, GENERAL)
     await api.public(alice, "hello @everyone <@500000000000000003>")
     await api.send(bob, "general", "hi team")
@@ -73,6 +75,7 @@ async def test_with_manage_webhooks_posts_show_the_username_as_display_name(api,
 async def test_without_manage_webhooks_the_bot_posts_name_and_text(api, fake):
     alice, bob = await users(api, "alice", "bob")
     await api.channel(alice, "general", "bob")
+    await link(api, "general", GENERAL)
     await grant_webhooks(fake, api, alice, BRIDGE)  # the bridge channel only
     await api.send(bob, "general", "plain")
     await api.public(alice, "named")
@@ -97,6 +100,7 @@ async def test_a_role_grant_and_a_channel_deny_are_both_honoured(start, fake):
     api = Api(client)
     (alice,) = await users(api, "alice")
     await api.channel(alice, "general")
+    await link(api, "general", GENERAL)
     await api.public(alice, "through the webhook")
     await api.send(alice, "general", "through the bot")
     await fake.wait_for(lambda f: f.messages[BRIDGE] and f.messages[GENERAL])

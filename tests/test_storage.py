@@ -71,6 +71,38 @@ async def walk_every_endpoint(api):
     await api.dm(bob, "alice", "bye")
     await api.ok("generatetoken", {"username": "alice", "password": "N3w!Passw0rd"})
     await api.ok("deleteaccount", {"username": "bob", "password": PASSWORD})
+    await walk_the_community_endpoints(api)
+
+
+async def walk_the_community_endpoints(api):
+    """SPEC §8's endpoints (linkchannel: test_bridge_delivery's index test, with the bot)."""
+    import db
+    from buttonapi import db_key
+    from permissions import Role
+
+    await db.set_role(api.client.app[db_key], None, "(console)", "carol", Role.ADMIN)
+    carol = (await api.ok("generatetoken", {"username": "carol", "password": PASSWORD}))["token"]
+    dave, erin = await api.user("dave"), await api.user("erin")
+    await api.ok("getme", {"token": dave})
+    await api.ok("setrole", {"token": carol, "username": "dave", "role": "moderator"})
+    await api.ok("createinvite", {"token": dave, "uses": 2}, status=201)
+    await api.channel(erin, "erins", "dave")
+    public_id, channel_id = await api.public(erin, "spam"), await api.send(erin, "erins", "x")
+    await api.send(dave, "erins", "by dave")
+    await api.ok("deletemessage", {"token": dave, "message_id": public_id})  # a moderator's
+    await api.ok("deletemessage", {"token": erin, "message_id": channel_id + 1})  # the creator's
+    await api.ok("timeoutuser", {"token": dave, "username": "erin", "seconds": 60})
+    await api.post("sendmessage", {"token": erin, "message": "x", "channel": "erins"})
+    await api.ok("timeoutuser", {"token": dave, "username": "erin", "seconds": 0})
+    await api.ok("banuser", {"token": dave, "username": "erin", "purge": True, "seconds": 60})
+    await api.post("login", {"username": "erin", "password": PASSWORD})
+    await api.post("getme", {"token": erin})
+    await api.ok("unbanuser", {"token": dave, "username": "erin"})
+    await api.ok("getauditlog", {"token": dave, "count": 2, "before": 10**6})
+    await api.ok("getauditlog", {"token": dave, "after": 1})
+    await api.ok("getusers", {"token": carol, "after": 1})
+    await api.ok("getlinks", {"token": carol})
+    await api.post("unlinkchannel", {"token": carol, "name": "erins"})
 
 
 async def test_every_statement_is_served_by_an_index(client, api, db_path):

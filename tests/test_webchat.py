@@ -538,6 +538,130 @@ async def test_a_phone_sized_screen_with_the_keyboard_alone(server, browser):
     await alice.check_clean()
 
 
+# --- running a community: moderation from a message, the community page ------------------------
+
+
+async def make_role(server, username, role):
+    """As the command line does it (`admin setrole`), on the running server's database."""
+    import db
+    from buttonapi import db_key
+    from permissions import Role
+
+    result = await db.set_role(server.runner.app[db_key], None, "(console)", username, Role(role))
+    assert "error" not in result
+
+
+async def test_a_moderator_moderates_from_the_message_and_an_admin_runs_the_community(
+    server, browser
+):
+    await api_user(server, "root")
+    await api_user(server, "mod")
+    alice_token = await api_user(server, "alice")
+    spam_token = await api_user(server, "spammer")
+    await make_role(server, "root", "admin")
+    await make_role(server, "mod", "moderator")
+    made = await api(server, "makechannel", {"token": alice_token, "name": "team"})
+    assert made["channel_name"] == "team"
+    await api(server, "addusertochannel", {"token": alice_token, "name": "team", "username": "mod"})
+    await api(
+        server, "sendmessage", {"token": alice_token, "message": "team news", "channel": "team"}
+    )
+    await api(server, "senddcmsgwithtoken", {"token": spam_token, "message": "BUY NOW"})
+
+    spammer = await Person.open(browser, server, "spammer")
+    await spammer.log_in()
+    await spammer.expect_live()
+    alice = await Person.open(browser, server, "alice")
+    await alice.log_in()
+    await alice.expect_live()
+    await expect(alice.texts).to_have_text(["BUY NOW"])
+    await expect(alice.message("BUY NOW").get_by_role("button")).to_have_count(0)  # a member
+    await expect(alice.page.get_by_role("button", name="Community")).to_be_hidden()
+
+    mod = await Person.open(browser, server, "mod", viewport={"width": 1100, "height": 760})
+    await mod.log_in()
+    await mod.expect_live()
+    await expect(mod.page.locator("#my-role")).to_have_text("(moderator)")
+    await expect(mod.message("BUY NOW").get_by_role("button", name="Delete")).to_be_visible()
+    await mod.open_conversation("# team")
+    await expect(mod.message("team news").get_by_role("button", name="Delete")).to_be_visible()
+    await mod.open_conversation("Public feed")
+
+    # a timeout from the message: the spammer's sends are refused, with the time it ends
+    await mod.message("BUY NOW").get_by_role("button", name="Time out spammer").click()
+    form = mod.page.get_by_role("form", name="Time out spammer")
+    await form.get_by_label("Time out for").select_option("600")
+    await form.get_by_role("button", name="Time out spammer").click()
+    await expect(mod.page.locator("#notice-text")).to_have_text(
+        re.compile(r"^spammer is timed out until .+\.$")
+    )
+    await expect(form).to_have_count(0)
+    box = spammer.page.get_by_label("Message", exact=True)
+    await box.fill("more spam")
+    await box.press("Enter")
+    await expect(spammer.alert).to_have_text(re.compile(r"^You are timed out! Until .+\.$"))
+
+    # a ban with a purge from the message: the message goes for everyone, the spammer is out
+    await mod.message("BUY NOW").get_by_role("button", name="Ban spammer").click()
+    form = mod.page.get_by_role("form", name="Ban spammer")
+    await form.get_by_label("Reason").fill("selling things")
+    await form.get_by_label("Ban for").select_option("86400")
+    await form.get_by_label("Also delete their messages of the last 7 days").check()
+    await mod.screenshot("ban-form")
+    await form.get_by_role("button", name="Ban spammer").click()
+    await expect(mod.page.locator("#notice-text")).to_have_text(
+        re.compile(r"^spammer is banned until .+\.$")
+    )
+    await expect(mod.message("BUY NOW")).to_have_count(0)
+    await expect(alice.message("BUY NOW")).to_have_count(0)
+    await expect(spammer.alert).to_have_text(
+        "You have been banned from this community (You are banned!)."
+    )
+    await expect(spammer.page.get_by_role("heading", name="Log in")).to_be_visible()
+    await spammer.log_in()
+    await expect(spammer.alert).to_have_text(
+        re.compile(r"^You are banned! Reason: selling things\. Until .+\.$")
+    )
+
+    # the community page of an admin: users with role and status, roles, invites, links, log
+    root = await Person.open(browser, server, "root", viewport={"width": 1100, "height": 900})
+    await root.log_in()
+    await root.expect_live()
+    await root.page.get_by_role("button", name="Community").click()
+    await expect(root.page.locator("#view-title")).to_have_text("Community")
+    rows = root.page.locator("#user-rows tr")
+    await expect(rows).to_have_count(4)
+    spam_row = root.page.locator('#user-rows tr[data-username="spammer"]')
+    await expect(spam_row).to_contain_text(re.compile(r"banned until .+ \(selling things\)"))
+    await expect(root.page.locator('#user-rows tr[data-username="root"]')).to_contain_text("admin")
+    await root.page.get_by_label("Role of alice").select_option("moderator")
+    await expect(root.page.locator("#notice-text")).to_have_text("alice is now moderator.")
+    await root.page.get_by_role("button", name="Create invite").click()
+    await expect(root.page.locator("#invite-code")).to_have_text(re.compile(r"^[\w-]{32,}$"))
+    await expect(root.page.locator("#links-empty")).to_be_visible()
+    await root.page.get_by_label("Channel", exact=True).fill("team")
+    await root.page.get_by_label("Discord channel (name or id)").fill("general")
+    await root.page.get_by_role("button", name="Link").click()
+    await expect(root.alert).to_have_text("Discord bot is not connected!")  # no bot here
+    actions = root.page.locator("#audit-rows tr td:nth-child(3)")
+    await expect(actions).to_have_text(
+        ["createinvite", "setrole", "banuser", "timeoutuser", "setrole", "setrole"]
+    )
+    await root.screenshot("community")
+    await expect(root.page.locator("#audit-rows tr").first).to_contain_text("root")
+    assert (await api(server, "getme", {"token": alice_token}))["role"] == "moderator"
+
+    # the moderator sees the page too, without what only admins may do
+    await mod.page.get_by_role("button", name="Community").click()
+    await expect(mod.page.locator("#user-rows tr")).to_have_count(4)
+    await expect(mod.page.get_by_label("Role of alice")).to_have_count(0)
+    await expect(mod.page.locator("#link-form")).to_be_hidden()
+    await mod.page.get_by_role("button", name="Public feed").click()
+    await expect(mod.page.locator("#compose-form")).to_be_visible()
+    for person in (alice, mod, root):
+        assert person.problems == []
+
+
 # --- accessibility: axe-core on every view, at two sizes, in both colour schemes -----------
 
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
