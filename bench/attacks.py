@@ -1,8 +1,9 @@
 """Button API V3 under attack: the server's memory during three abuse patterns.
 
-    python bench/attacks.py                 # full sizes, about a minute and a half
-    python bench/attacks.py --quick         # small sizes, under a minute (for CI)
-    python bench/attacks.py --reap-wait 70  # also the memory once Engine.IO reaped the flood
+    python bench/attacks.py                 # full sizes, about 30 seconds
+    python bench/attacks.py --quick         # small sizes, about 20 seconds (for CI)
+    python bench/attacks.py --reap-wait 75  # also the memory once Engine.IO reaped the flood
+    python bench/attacks.py --only 3 --cycles 5   # attack 3 only, five rounds on one server
 
 Each attack runs against a fresh server process (`python buttonapi.py --port P --db F`, a new
 database in a temporary directory, 127.0.0.1 only, send/login/registration limits off, bcrypt
@@ -15,13 +16,15 @@ the server still answers.
    each asking for a replay of up to 1,000 messages (~2 MB), reads nothing for 4 s, then reads
    until EOF (the server drops a socket that leaves more than 1 MiB unread). After: 2 s after
    the socket closed.
-2. Engine.IO session flood: polling handshakes (each a new, abandoned session) for 6 s or
-   20,000 handshakes, every one with its own X-Forwarded-For (the server trusts 127.0.0.1 as a
-   proxy), so that the per-address cap does not stop it and the global cap
-   (BUTTONAPI_MAX_SOCKETS, 10,000) does. After: right away (abandoned sessions are reaped only
+2. Engine.IO session flood: polling handshakes (each a new, abandoned session) for 6 s
+   (--flood-seconds) or 20,000 handshakes, every one with its own X-Forwarded-For (the server
+   trusts 127.0.0.1 as a proxy), so that the per-address cap does not stop it and the global
+   cap (BUTTONAPI_MAX_SOCKETS, 10,000) does; at ~1,500 handshakes/s a 6 s flood stays below
+   it, --flood-seconds 15 reaches it. After: right away (abandoned sessions are reaped only
    by Engine.IO's ping timeout, 25 + 20 s), and after --reap-wait seconds if given.
 3. Idle-socket flood: 2,000 authenticated websockets that only answer pings. After: 2 s after
-   they all closed; per socket: (RSS with all open - before) / sockets.
+   they all closed; per socket: (RSS with all open - before) / sockets. --cycles N opens and
+   closes them N times on the same server (memory that does not come back shows as a climb).
 
 Every loop is bounded in count and in time. Standard library and aiohttp only.
 """

@@ -696,6 +696,8 @@ async def test_every_view_passes_the_accessibility_audit(server, browser, size, 
     bob_token = await api_user(server, "bob")
     for n in range(60):  # a long conversation
         await api(server, "senddcmsgwithtoken", {"token": bob_token, "message": f"line {n} " * 9})
+    await api_user(server, "alice")
+    await make_role(server, "alice", "admin")  # so that every view is there to audit
     alice = await Person.open(browser, server, "alice", **options)
     await audit(alice, "login")
     alice.name = "al"
@@ -703,7 +705,7 @@ async def test_every_view_passes_the_accessibility_audit(server, browser, size, 
     await expect(alice.alert).to_have_text("Username needs to be 3-20 chars long!")
     await audit(alice, "login with an error")
     alice.name = "alice"
-    await alice.register()
+    await alice.log_in()
     await alice.expect_live()
     ground = await alice.page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
     assert ground == {"light": "rgb(243, 244, 247)", "dark": "rgb(18, 22, 29)"}[scheme]
@@ -726,6 +728,17 @@ async def test_every_view_passes_the_accessibility_audit(server, browser, size, 
     await alice.open_conversation("bob")
     await audit(alice, "a DM")
     await alice.screenshot(f"audit-{size}-{scheme}")
+    if size == "phone":
+        await menu.click()
+    await alice.open_conversation("Public feed")
+    await alice.page.get_by_role("button", name="Ban bob").last.click()
+    await expect(alice.page.get_by_role("form", name="Ban bob")).to_be_visible()
+    await audit(alice, "the ban form on a message")
+    if size == "phone":
+        await menu.click()
+    await alice.page.get_by_role("button", name="Community").click()
+    await expect(alice.page.locator("#user-rows tr")).to_have_count(2)
+    await audit(alice, "the community page")
     assert alice.problems == []
 
 
