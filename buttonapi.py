@@ -510,6 +510,8 @@ class RateLimit:
         """Whole seconds until `key` may act again; 0 when it may act now."""
         if not self.n:
             return 0
+        if key not in self._hits:  # asking keeps nothing: only `take` remembers a key
+            return 0
         now = time.monotonic()
         hits = self._window(key, now)
         if len(hits) < self.n:
