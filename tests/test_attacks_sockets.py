@@ -402,3 +402,19 @@ async def test_stopping_during_a_discord_outage_exits_0_in_time(fake, tmp_path):
     finally:
         await asyncio.to_thread(server.close)
     assert "Traceback" not in (tmp_path / "server.log").read_text(errors="replace")
+
+
+async def test_successful_socket_sign_ins_leave_nothing_in_the_limits(aiohttp_client, config):
+    """Only failures are remembered: a socket id is new for every socket, so remembering
+    every sign-in would grow memory with every socket ever opened."""
+    from buttonapi import create_app, limits_key
+
+    app = await create_app(config)
+    client = await aiohttp_client(app)
+    token = await Api(client).user("alice")
+    for _ in range(20):
+        sock = await Sock(str(client.make_url("/"))).connect()
+        assert (await sock.auth(token))[0] == "ready"
+        await sock.close()
+    limits = app[limits_key]
+    assert (len(limits.socket_sid._hits), len(limits.socket_addr._hits)) == (0, 0)
