@@ -636,12 +636,16 @@ class Server:
             return
 
 
+METRICS = False  # --metrics: the real server also serves Prometheus metrics (their cost)
+
+
 async def start_real_server(procs: Processes, name: str, db_path: Path) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))}
     env.update(SERVER_ENV)
+    metrics = ["--metrics-port", str(free_port())] if METRICS else []
     proc = await procs.start(
-        name, "buttonapi.py", "--port", str(port), "--db", str(db_path), env=env
+        name, "buttonapi.py", "--port", str(port), "--db", str(db_path), *metrics, env=env
     )
     return Server(name, proc, port)
 
@@ -1204,7 +1208,14 @@ def main() -> None:
         help="HTTP load: wrk if installed (auto), or the Python load generator",
     )  # fmt: skip
     parser.add_argument("--only", help=f"some of {','.join(PHASES)} (default: all)")
-    sys.exit(asyncio.run(orchestrate(parser.parse_args())))
+    parser.add_argument(
+        "--metrics", action="store_true",
+        help="the server serves Prometheus metrics (--metrics-port): run with and without",
+    )  # fmt: skip
+    args = parser.parse_args()
+    global METRICS
+    METRICS = args.metrics
+    sys.exit(asyncio.run(orchestrate(args)))
 
 
 if __name__ == "__main__":
