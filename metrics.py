@@ -15,6 +15,7 @@ import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -118,6 +119,7 @@ class Metrics(db.Observer):
             "buttonapi_db_commit_seconds", "time of one write batch, to its COMMIT and fsync",
             buckets=COMMIT_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self._children: dict[tuple[Any, str], tuple[Any, Any]] = {}
 
     # db.Observer
     def batch_committed(self, writes: int, seconds: float) -> None:
@@ -142,9 +144,21 @@ class Metrics(db.Observer):
             status = "499"  # the client went away first (nginx's word for it)
             raise
         finally:
+            count, latency = self._series(request, status)
+            count.inc()
+            latency.observe(time.perf_counter() - started)
+
+    def _series(self, request: web.Request, status: str) -> tuple[Any, Any]:
+        """The request's counter and histogram (labels() is slow: each pair is kept)."""
+        key = (request.match_info.route.resource, status)
+        series = self._children.get(key)
+        if series is None:
             endpoint = endpoint_of(request)
-            self.requests.labels(endpoint, status).inc()
-            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+            series = self._children[key] = (
+                self.requests.labels(endpoint, status),
+                self.latency.labels(endpoint),
+            )
+        return series
 
     async def handle(self, request: web.Request) -> web.Response:
         """GET /metrics: Prometheus's text format."""
