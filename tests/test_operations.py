@@ -4,6 +4,7 @@ command line (`--version`, one-line errors with exit 2 and nothing created), the
 stop log lines and the access log switch. Every test runs the real process.
 """
 
+import os
 import signal
 import socket
 import sqlite3
@@ -111,9 +112,12 @@ def test_backup_while_writers_run_holds_every_acknowledged_write(tmp_path, serve
     assert before <= held
     assert held <= set(writers.acknowledged)  # nothing that was not (or not yet) answered
 
-    # Restoring is: stop, replace the file, start. The copy serves, and its tokens work.
+    # Restoring is (README): stop; replace the file, dropping any -wal and -shm beside it;
+    # start. The copy serves, and its tokens work.
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=15) == 0
+    for stale in (tmp_path / "live.db-wal", tmp_path / "live.db-shm"):
+        stale.unlink(missing_ok=True)
     copy.replace(live)
     restored = servers("--host", "127.0.0.1", "--port", str(port), "--db", str(live))
     restored.wait_ready(port)
@@ -278,3 +282,35 @@ def test_access_log_off(tmp_path, servers):
     assert [line for line in lines if "aiohttp.access" in line] == []
     (started,) = [line for line in lines if " started: " in line]
     assert started.endswith(f", metrics http://127.0.0.1:{metrics_port}/metrics, access log off")
+
+
+def test_readme_s_nightly_cron_line_backs_up_and_prunes(tmp_path, servers):
+    """README's cron line, run as cron would (its `\\%` unescaped), with its paths moved into
+    the test's folder: a dated backup appears and backups older than 14 days go."""
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith("17 3 * * * buttonapi ")]
+    command = line.removeprefix("17 3 * * * buttonapi ").replace("\\%", "%")
+    data, backups = tmp_path / "var-lib", tmp_path / "var-backups"
+    for old, new in (
+        ("/opt/buttonapi/.venv/bin/python", sys.executable),
+        ("/opt/buttonapi/buttonapi.py", str(ROOT / "buttonapi.py")),
+        ("/var/lib/buttonapi", str(data)),
+        ("/var/backups/buttonapi", str(backups)),
+    ):
+        assert old in command
+        command = command.replace(old, new)
+    data.mkdir()
+    backups.mkdir()
+    old_backup = backups / "buttonapi-2000-01-01.db"
+    old_backup.write_bytes(b"")
+    os.utime(old_backup, (time.time() - 20 * 86400,) * 2)
+    port = free_port()
+    server = servers("--host", "127.0.0.1", "--port", str(port), "--db", str(data / "buttonapi.db"))
+    server.wait_ready(port)
+    sign_up(port, "alice")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    today = time.strftime("%Y-%m-%d")
+    assert files(backups) == [f"buttonapi-{today}.db"]
+    with closing(sqlite3.connect(backups / f"buttonapi-{today}.db")) as conn:
+        assert conn.execute("SELECT username FROM users").fetchall() == [("alice",)]
