@@ -1307,6 +1307,20 @@ class OneLineBadRequests(logging.Filter):
         return True
 
 
+class OneLineReconnects(logging.Filter):
+    """discord.py logs each failed reconnect with a whole traceback, every few seconds of a
+    Discord outage: one warning line with the cause says as much."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and str(record.msg).startswith("Attempting a reconnect"):
+            cause = f"{type(exc).__name__}: {exc}"[:300]
+            record.msg, record.args = "%s (%s)", (record.getMessage(), cause)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr (exit 2), as every other error."""
 
@@ -1408,6 +1422,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
+    logging.getLogger("discord.client").addFilter(OneLineReconnects())
     started = time.monotonic()
     try:
         web.run_app(

@@ -813,10 +813,13 @@ async def insert_message(
             )
         return {"id": message_id, **row}
 
-    stored = await db.write(step)
-    if "repeat" not in stored:
+    return _stored(db, kind, await db.write(step))
+
+
+def _stored(db: Database, kind: str, message: Row) -> Row:
+    if "repeat" not in message:  # a new message, not the answer to a repeated nonce
         db.observer.message_stored(kind)
-    return stored
+    return message
 
 
 def _nonce_seen(conn: sqlite3.Connection, user_id: int | None, nonce: str) -> int | None:

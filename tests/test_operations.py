@@ -4,7 +4,9 @@ command line (`--version`, one-line errors with exit 2 and nothing created), the
 stop log lines and the access log switch. Every test runs the real process.
 """
 
+import asyncio
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -15,7 +17,7 @@ import time
 from contextlib import closing
 
 import pytest
-from helpers import PASSWORD, ROOT, free_port, http, msg
+from helpers import BRIDGE, GUILD_ID, PASSWORD, ROOT, eventually, free_port, http, msg
 
 from buttonapi import VERSION
 
@@ -314,3 +316,42 @@ def test_readme_s_nightly_cron_line_backs_up_and_prunes(tmp_path, servers):
     assert files(backups) == [f"buttonapi-{today}.db"]
     with closing(sqlite3.connect(backups / f"buttonapi-{today}.db")) as conn:
         assert conn.execute("SELECT username FROM users").fetchall() == [("alice",)]
+
+
+# --- stopping during a Discord outage -----------------------------------------------------
+
+
+async def test_stopping_during_a_discord_outage_exits_0_in_time(tmp_path, servers, fake):
+    """SPEC §9: a post hangs at Discord, then Discord goes away altogether; SIGTERM still
+    ends the process with 0 within 15 s. The start line names the bridge."""
+    port = free_port()
+    env = {
+        "DISCORD_TOKEN": fake.token, "DISCORD_GUILD_ID": str(GUILD_ID),
+        "DISCORD_CHANNEL_ID": str(BRIDGE), "DISCORD_API_BASE": fake.api_base,
+        "DISCORD_GATEWAY_URL": fake.gateway_url,
+    }  # fmt: skip
+    server = servers("--host", "127.0.0.1", "--port", str(port), "--db", "d.db", env=env)
+    await asyncio.to_thread(server.wait_ready, port)
+    await eventually(lambda: fake.connected)
+    await asyncio.sleep(0.5)  # the bot sees the guild (its channels) after connecting
+    fake.fail(BRIDGE, hang=True)
+    token = await asyncio.to_thread(sign_up, port, "alice")
+    body = {"token": token, "message": "stuck at Discord"}
+    assert (await asyncio.to_thread(http, port, "/api/v3/senddcmsgwithtoken/", body))[0] == 200
+    await fake.wait_for(lambda f: f.attempt_times(BRIDGE), timeout=10)  # hanging there
+    await fake.close()  # and now Discord is gone
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    assert time.monotonic() - started < 15
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    assert any(f"discord on (guild {GUILD_ID}, bridge channel {BRIDGE})" in x for x in lines)
+    # each failed reconnect to Discord is one line with its cause, not a traceback
+    reconnects = [n for n, line in enumerate(lines) if "Attempting a reconnect" in line]
+    assert reconnects
+    for n in reconnects:
+        assert re.search(
+            r"WARNING discord.client: Attempting a reconnect in [\d.]+s \(\w+: ", lines[n]
+        )
+        assert not lines[n + 1].startswith("Traceback")
