@@ -431,7 +431,8 @@ async def open_database(path: str) -> AsyncIterator[Database]:
         try:
             writer = await loop.run_in_executor(thread, _prepare_writer, path, caches)
         except (OSError, sqlite3.DatabaseError) as exc:
-            raise CannotOpen(f"cannot open {path}: {exc}") from exc
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise CannotOpen(f"cannot open {path}: {reason}") from exc
         reader = None
         try:
             reader = await _connect_reader(path)

@@ -223,6 +223,18 @@ def test_a_bad_start_is_one_line_exit_2_and_creates_nothing(tmp_path, args, env,
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+def test_an_unwritable_folder_is_one_line_exit_2(tmp_path):
+    # /sys refuses new files even to root (whom os.access would let through)
+    error = (
+        "cannot open /sys/buttonapi.db: Permission denied"
+        if os.geteuid() == 0
+        else "cannot create /sys/buttonapi.db: the folder /sys is not writable"
+    )
+    args = ["--host", "127.0.0.1", "--port", str(free_port()), "--db", "/sys/buttonapi.db"]
+    assert run(tmp_path, *args) == (2, "", f"buttonapi.py: error: {error}\n")
+    assert files(tmp_path) == []
+
+
 @pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
 def test_a_port_in_use_is_one_line_exit_2_and_creates_nothing(tmp_path, flag):
     with socket.socket() as taken:
@@ -339,13 +351,14 @@ async def test_stopping_during_a_discord_outage_exits_0_in_time(tmp_path, server
     body = {"token": token, "message": "stuck at Discord"}
     assert (await asyncio.to_thread(http, port, "/api/v3/senddcmsgwithtoken/", body))[0] == 200
     await fake.wait_for(lambda f: f.attempt_times(BRIDGE), timeout=10)  # hanging there
-    await fake.close()  # and now Discord is gone
-    await asyncio.sleep(0.5)
+    await fake.close()  # and now Discord is gone: the bot tries to reconnect, and fails
+    log = tmp_path / "server.log"
+    await eventually(lambda: "Attempting a reconnect" in log.read_text(), within=15)
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(server.proc.wait, 15) == 0
     assert time.monotonic() - started < 15
-    lines = (tmp_path / "server.log").read_text().splitlines()
+    lines = log.read_text().splitlines()
     assert any(f"discord on (guild {GUILD_ID}, bridge channel {BRIDGE})" in x for x in lines)
     # each failed reconnect to Discord is one line with its cause, not a traceback
     reconnects = [n for n, line in enumerate(lines) if "Attempting a reconnect" in line]
