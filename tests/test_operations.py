@@ -113,6 +113,8 @@ def test_backup_while_writers_run_holds_every_acknowledged_write(tmp_path, serve
     held = ids_in(copy)
     assert before <= held
     assert held <= set(writers.acknowledged)  # nothing that was not (or not yet) answered
+    # one snapshot: ids are given in commit order, so the copy holds all of them up to its last
+    assert {i for i in writers.acknowledged if i <= max(held)} == held
 
     # Restoring is (README): stop; replace the file, dropping any -wal and -shm beside it;
     # start. The copy serves, and its tokens work.
