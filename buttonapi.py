@@ -1434,7 +1434,7 @@ def main(argv: list[str] | None = None) -> None:
             access_log=access_logger if config.access_log else None,
             access_log_format=ACCESS_LOG_FORMAT,
         )
-    except db.CannotOpen as exc:  # found only once open (a newer schema in the WAL)
+    except db.CannotOpen as exc:  # found only on opening (refused by the OS or SQLite itself)
         parser.error(str(exc))
     log.info("buttonapi %s stopped after %d s", VERSION, time.monotonic() - started)
 

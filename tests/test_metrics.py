@@ -73,6 +73,11 @@ async def test_counters_move_with_real_requests(start):
         await authenticated.close()
         await waiting.close()
 
+    async def websockets_counted():  # a WebSocket is counted once it has ended
+        return requests(await scrape(port), "/socket.io", "101") == 2
+
+    await eventually(websockets_counted)
+
     assert requests(after, "/api/v3/register", "201") == 2
     assert requests(after, "/api/v3/generatetoken", "200") == 2
     assert requests(after, "/api/v3/senddm", "429") == 1
