@@ -19,8 +19,10 @@ import getpass
 import hashlib
 import json
 import logging
+import logging.handlers
 import math
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -37,6 +39,7 @@ import aiohttp
 import bcrypt
 import socketio
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import access_logger
 from confusable_homoglyphs import categories, confusables
@@ -1601,9 +1604,34 @@ async def create_app(
     return app
 
 
-# aiohttp's default line carries its own timestamp (%t), formatted for every request, beside
-# the one the log format already gives; this one adds the time taken instead.
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
+class LeanAccessLog(AbstractAccessLogger):
+    """One short line per request, made from the fields at hand: aiohttp's own access logger
+    interprets its format string and builds a dict of extra fields for every request, and its
+    default line carries a second timestamp. The line is written off the loop (`main`)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        version = request.version
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %s %s %.6fs "%s"', request.remote, request.method,
+            request.path_qs, version.major, version.minor, response.status, response.body_length,
+            time, request.headers.get("User-Agent", "-"),
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def logging_off_the_loop() -> Iterator[None]:
+    """Every log line is handed to a thread that formats and writes it: a slow terminal or
+    disk, or a flood of access lines, never holds the event loop."""
+    root = logging.getLogger()
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(lines, *root.handlers, respect_handler_level=True)
+    root.handlers = [logging.handlers.QueueHandler(lines)]
+    writer.start()
+    try:
+        yield
+    finally:
+        writer.stop()  # writes what is queued
+        root.handlers = list(writer.handlers)
 
 
 async def create_served_app(config: Config, metrics_sock: socket.socket | None) -> web.Application:
@@ -1843,19 +1871,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("aiohttp.server").addFilter(OneLine(HttpProcessingError))
     logging.getLogger("discord.client").addFilter(OneLine(OSError, aiohttp.ClientError))
     started = time.monotonic()
-    try:
-        web.run_app(
-            create_served_app(config, metrics_sock),
-            sock=sock,
-            shutdown_timeout=10,
-            keepalive_timeout=config.request_timeout,  # also bounds the wait for the headers
-            print=lambda _: log.info("%s", start_line(config)),
-            access_log=access_logger if config.access_log else None,
-            access_log_format=ACCESS_LOG_FORMAT,
-        )
-    except db.CannotOpen as exc:  # found only on opening (refused by the OS or SQLite itself)
-        parser.error(str(exc))
-    log.info("buttonapi %s stopped after %d s", VERSION, time.monotonic() - started)
+    with logging_off_the_loop():
+        try:
+            web.run_app(
+                create_served_app(config, metrics_sock),
+                sock=sock,
+                shutdown_timeout=10,
+                keepalive_timeout=config.request_timeout,  # also bounds the wait for headers
+                print=lambda _: log.info("%s", start_line(config)),
+                access_log=access_logger if config.access_log else None,
+                access_log_class=LeanAccessLog,
+            )
+        except db.CannotOpen as exc:  # found only on opening (refused by the OS or SQLite)
+            parser.error(str(exc))
+        log.info("buttonapi %s stopped after %d s", VERSION, time.monotonic() - started)
 
 
 if __name__ == "__main__":
