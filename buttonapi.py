@@ -1543,15 +1543,16 @@ async def add_routes(app: web.Application) -> None:
 def metric_sources(app: web.Application) -> metrics.Sources:
     """What the metrics read at scrape time: the server's own state, read only."""
 
+    def sessions() -> realtime.Sessions:
+        return app[sio_key].namespace_handlers["/"].sessions
+
     def sockets() -> dict[str, int]:
-        sio = app[sio_key]
-        connected = len(sio.manager.rooms.get("/", {}).get(None, {}))
-        unauthenticated = sum(sio.namespace_handlers["/"].unauthenticated.values())
-        return {"authenticated": connected - unauthenticated, "unauthenticated": unauthenticated}
+        waiting = len(sessions().waiting)
+        return {"authenticated": len(sessions().live) - waiting, "unauthenticated": waiting}
 
     return metrics.Sources(
         sockets=sockets,
-        engineio_sessions=lambda: len(app[sio_key].eio.sockets),
+        engineio_sessions=lambda: len(sessions().live),
         password_checks_waiting=lambda: app[hasher_key].waiting,
         limit_refusals=lambda: dict(app[limits_key].refused),
         outbox=lambda: db.outbox_backlog(app[db_key]),
