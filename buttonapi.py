@@ -1484,10 +1484,10 @@ EXTERNAL_POLL = 1.0  # seconds between checks for the command line's writes (soc
 async def external_watch_ctx(app: web.Application) -> AsyncIterator[None]:
     """The command line writes from another process: requests see its changes at once
     (db.Database.check_external before any cache), and this watch drops the sockets of a
-    user it banned within EXTERNAL_POLL seconds."""
+    user it banned, or whose token it rotated, within EXTERNAL_POLL seconds."""
 
     async def watch() -> None:
-        database, sio, events = app[db_key], app[sio_key], app[events_key]
+        database, events = app[db_key], app[events_key]
         seen = database.external_changes
         while True:
             await asyncio.sleep(EXTERNAL_POLL)
@@ -1495,11 +1495,13 @@ async def external_watch_ctx(app: web.Application) -> AsyncIterator[None]:
             if database.external_changes == seen:
                 continue
             seen = database.external_changes
-            user_ids = set()
-            for sid, _ in list(sio.manager.get_participants("/", realtime.AUTHED_ROOM)):
-                user_ids.add((await sio.get_session(sid)).get("user_id"))
-            for user_id in await db.banned_among(database, sorted(user_ids - {None})):
+            sockets = await events.signed_in()
+            banned = set(await db.banned_among(database, sorted({s[1] for s in sockets})))
+            for user_id in banned:
                 await events.drop_user(user_id, BANNED)
+            for sid, user_id, token in sockets:  # resetpassword rotated the token
+                if user_id not in banned and await db.user_by_token(database, token) is None:
+                    await events.drop_socket(sid, "Token changed!")
 
     task = asyncio.create_task(watch(), name="buttonapi-external-watch")
     yield

@@ -190,8 +190,20 @@ class Events:
     async def drop_user(self, user_id: int, message: str) -> None:
         """Tell every socket of a user why, then disconnect it."""
         for sid in self._sids(user_room(user_id)):
-            await self.tell(sid, "api_v3_error", {"message": message})
-            await self.sio.disconnect(sid)
+            await self.drop_socket(sid, message)
+
+    async def signed_in(self) -> list[tuple[str, int, str]]:
+        """(sid, user id, token) of every authenticated socket."""
+        found = []
+        for sid, _ in list(self.sio.manager.get_participants("/", AUTHED_ROOM)):
+            session = await self.sio.get_session(sid)
+            found.append((sid, session["user_id"], session["token"]))
+        return found
+
+    async def drop_socket(self, sid: str, message: str) -> None:
+        """Tell one socket why, then disconnect it."""
+        await self.tell(sid, "api_v3_error", {"message": message})
+        await self.sio.disconnect(sid)
 
     async def tell(self, sid: str, event: str, data: Any) -> None:
         """One event to one socket, now (an answer to what it sent)."""
@@ -425,7 +437,8 @@ class Sockets(socketio.AsyncNamespace):
                     await self.leave_room(sid, room)
             raise
         self.sessions.authenticated(self.server.manager.eio_sid_from_sid(sid, "/"))
-        await self.save_session(sid, {"user_id": user["id"], "username": user["username"]})
+        session = {"user_id": user["id"], "username": user["username"], "token": user["token"]}
+        await self.save_session(sid, session)
         ready = f"Server has accepted the connection and registered you as : {user['username']}"
         greeting: list[tuple[str, Any]] = [("ready", ready)]
         if last_id is not None:

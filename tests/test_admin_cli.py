@@ -167,3 +167,22 @@ async def test_a_ban_on_the_command_line_drops_the_users_sockets(servers, tmp_pa
     assert await s.next("api_v3_error") == ("api_v3_error", {"message": "You are banned!"})
     await s.next("disconnect")
     await s.close()
+
+
+async def test_resetpassword_on_the_command_line_drops_the_old_tokens_sockets(servers, tmp_path):
+    """As generatetoken does (SPEC 3): the old token's sockets are told and disconnected."""
+    port, db_path = running(servers, tmp_path)
+    assert api(port, "register", creds("alice"))[0] == 201
+    assert api(port, "register", creds("bob"))[0] == 201
+    s = await Sock(f"http://127.0.0.1:{port}/").connect()
+    assert (await s.auth(token_of(port, "alice")))[0] == "ready"
+    bob = await Sock(f"http://127.0.0.1:{port}/").connect()
+    assert (await bob.auth(token_of(port, "bob")))[0] == "ready"
+    reset = ("resetpassword", "alice")
+    result = await asyncio.to_thread(admin, db_path, *reset, password=NEW_PASSWORD)
+    assert result == (0, "Password changed!", "")
+    assert await s.next("api_v3_error") == ("api_v3_error", {"message": "Token changed!"})
+    await s.next("disconnect")
+    await s.close()
+    assert bob.client.connected  # nobody else is touched
+    await bob.close()
