@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import socketio
@@ -269,6 +269,10 @@ class Events:
 
     # how it is sent
 
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (which sends events) off the caller's path; drained at shutdown."""
+        self._track(asyncio.create_task(work))
+
     def _track(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -458,7 +462,7 @@ class Presence:
             peers = await db.peers_of(self.database(), user_id)
             self.events.presence(username, online, peers)
 
-        self.events._track(asyncio.create_task(announce()))
+        self.events.later(announce())
 
     async def online_peers(self, user_id: int) -> list[str]:
         """The usernames online among the people who share a channel or DMs with the user."""
