@@ -236,3 +236,64 @@ async def test_messages_in_several_shards_newest_first_and_deleted_from_theirs(
     await api.ok("deletemessage", {"token": alice, "message_id": high_ids[1]})
     assert await search(api, alice, "needle") == [newer, high_ids[0], low]
     assert b"secretword" not in db_file_bytes(db_path)
+
+
+async def test_a_file_of_schema_version_4_is_migrated_and_indexed(start, db_path):
+    """A file as the server of version 4 left it: no read markers, no full-text index."""
+    async with db.open_database(str(db_path)):
+        pass
+    with closing(sqlite3.connect(db_path)) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND (name = 'read_markers' OR name GLOB 'search_[0-9]')"
+            )
+        ]
+        for name in tables:
+            conn.execute(f"DROP TABLE {name}")
+        conn.execute(
+            "INSERT INTO users (id, username, password_hash, token, created_at)"
+            " VALUES (1, 'alice', 'x', ?, 't')",
+            (TOKEN,),
+        )
+        conn.execute(
+            "INSERT INTO messages (id, kind, sender_id, sender, message, timestamp)"
+            " VALUES (7, 'public', 1, 'alice', 'from version four', '2026-01-01T00:00:00.000Z')"
+        )
+        conn.execute("PRAGMA user_version = 4")
+        conn.commit()
+    assert tables == ["read_markers"]  # (a full-text table comes with the first message)
+    api = Api(await start())
+    assert await search(api, TOKEN, "four") == [7]
+    await api.ok("markread", {"token": TOKEN, "message_id": 7})
+    assert await api.ok("getunread", {"token": TOKEN}) == {"public": 0, "channels": {}, "dms": {}}
+    assert rows_of(db_path, "SELECT user_id, kind, target_id, message_id FROM read_markers") == [
+        (1, "public", 0, 7)
+    ]
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
+
+
+def rows_of(db_path, sql):
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_moderation_deletes_leave_the_index_and_the_file_too(client, api, db_path):
+    """A ban's purge and a moderator's delete (SPEC section 8) go through the same index."""
+    from buttonapi import db_key
+    from permissions import Role
+
+    mod, alice, bob = await api.user("mod"), await api.user("alice"), await api.user("bob")
+    await db.set_role(client.app[db_key], None, "(console)", "mod", Role("moderator"))
+    spam, removed = f"spam{uuid.uuid4().hex}", f"removed{uuid.uuid4().hex}"
+    await api.public(alice, f"buy {spam}")
+    by_mod = await api.public(bob, f"rude {removed}")
+    assert len(await search(api, mod, f"{spam} OR {removed}")) == 2
+    await api.ok("deletemessage", {"token": mod, "message_id": by_mod})
+    await api.ok("banuser", {"token": mod, "username": "alice", "purge": True})
+    assert await search(api, mod, f"{spam} OR {removed}") == []
+    data = db_file_bytes(db_path)
+    assert spam.encode() not in data
+    assert removed.encode() not in data
