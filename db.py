@@ -1278,7 +1278,9 @@ async def search_messages(
     """The newest `count` messages the user may read now whose text matches the query (ids
     below `before`), newest first: shard by shard, from the newest, until there are enough."""
     newest = await db.fetch_one("SELECT max(id) AS id FROM messages")
-    top = min(before - 1, newest["id"] or 0) if newest else 0
+    if newest is None or newest["id"] is None:
+        return []  # no message yet: no table of the index either
+    top = min(before - 1, newest["id"])
     found: list[Row] = []
     for shard in range(top // SEARCH_SHARD, -1, -1):
         table = search_table(shard)

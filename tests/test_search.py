@@ -106,6 +106,16 @@ async def test_the_sql_rule_agrees_with_the_read_check_for_every_message_and_use
         assert found == readable, name
 
 
+async def test_a_server_with_no_message_yet_finds_nothing(api):
+    """No message has ever been stored: the index has no table yet."""
+    token = await api.user("alice")
+    assert await api.post("searchmessages", {"token": token, "query": "anything"}) == (
+        200,
+        {"messages": []},
+    )
+    assert await api.post("searchmessages", {"token": token, "query": "a AND"}) == BAD_QUERY
+
+
 @pytest.mark.parametrize(
     "query",
     ['"unterminated', "a AND", "*", "nope:word", "e-mail", "NEAR(", " ", "a" * 201, ""],
