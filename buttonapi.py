@@ -19,28 +19,34 @@ import getpass
 import hashlib
 import json
 import logging
+import logging.handlers
 import math
 import os
+import queue
 import secrets
 import signal
+import socket
 import sys
 import time
 import unicodedata
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import bcrypt
 import socketio
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import access_logger
 from confusable_homoglyphs import categories, confusables
 
 import bot
 import db
+import metrics
 import permissions
 import realtime
 from permissions import Actor, Role
@@ -51,8 +57,18 @@ log = logging.getLogger("buttonapi")
 # --- configuration ----------------------------------------------------------------------
 
 
-def _setting(default: Any, env: str, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "help": help})
+VERSION = "1.0.0"  # this server's version (the API it serves is V3)
+
+
+def _setting(default: Any, env: str, help: str, low: int = 0, high: int = 2**63 - 1) -> Any:
+    """A setting; a whole number one must lie in low-high."""
+    return dataclasses.field(
+        default=default, metadata={"env": env, "help": help, "low": low, "high": high}
+    )
+
+
+class ConfigError(ValueError):
+    """A setting's value that the server can not use (one line for the operator)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +78,9 @@ class Config:
     A command-line flag beats the environment variable, which beats the default."""
 
     host: str = _setting("0.0.0.0", "BUTTONAPI_HOST", "address to listen on")
-    port: int = _setting(5000, "BUTTONAPI_PORT", "TCP port to listen on")
+    port: int = _setting(5000, "BUTTONAPI_PORT", "TCP port to listen on", 1, 65535)
     db: str = _setting("buttonapi.db", "BUTTONAPI_DB", "SQLite database file")
-    bcrypt_rounds: int = _setting(12, "BUTTONAPI_BCRYPT_ROUNDS", "bcrypt cost for new hashes")
+    bcrypt_rounds: int = _setting(12, "BUTTONAPI_BCRYPT_ROUNDS", "bcrypt cost of new hashes", 4, 31)
     cors_origins: str = _setting(
         "*", "BUTTONAPI_CORS_ORIGINS", "allowed browser origins, comma-separated, or *"
     )
@@ -84,12 +100,16 @@ class Config:
     unauthenticated_sockets: int = _setting(
         20, "BUTTONAPI_UNAUTHENTICATED_SOCKETS", "sockets per address not yet authenticated"
     )
-    max_sockets: int = _setting(10_000, "BUTTONAPI_MAX_SOCKETS", "Engine.IO sessions at once")
+    max_sockets: int = _setting(10_000, "BUTTONAPI_MAX_SOCKETS", "Engine.IO sessions at once", 1)
     registration: str = _setting(
         "open", "BUTTONAPI_REGISTRATION", "who may register: open, invite or closed"
     )
     request_timeout: int = _setting(
-        15, "BUTTONAPI_REQUEST_TIMEOUT", "seconds a client may take to send headers or a body"
+        15, "BUTTONAPI_REQUEST_TIMEOUT", "seconds a client may take to send headers or a body", 1
+    )
+    access_log: int = _setting(1, "BUTTONAPI_ACCESS_LOG", "1: log each request; 0: don't", 0, 1)
+    metrics_port: int = _setting(
+        0, "BUTTONAPI_METRICS_PORT", "port of Prometheus metrics on 127.0.0.1; 0: off", 0, 65535
     )
     discord_token: str = _setting("", "DISCORD_TOKEN", "bot token; the bridge is off without it")
     discord_guild_id: int = _setting(0, "DISCORD_GUILD_ID", "guild whose text channels bridge")
@@ -99,27 +119,30 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: dict[str, str], **overrides: Any) -> Config:
+        """The settings from flags (`overrides`, by field name) and the environment; a value
+        the server can not use raises ConfigError naming the flag or variable."""
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = overrides.get(field.name)
+            name, raw = f"--{field.name.replace('_', '-')}", overrides.get(field.name)
             if raw is None:
-                raw = environ.get(field.metadata["env"])
-            if raw is None:
-                continue
+                name, raw = field.metadata["env"], environ.get(field.metadata["env"])
+            if raw is not None:
+                values[field.name] = cls._value(field, name, str(raw))
+        return cls(**values)
+
+    @staticmethod
+    def _value(field: dataclasses.Field, name: str, raw: str) -> Any:
+        if field.name.endswith("_limit") or "_limit_" in field.name:
             try:
-                values[field.name] = int(raw) if field.type == "int" else str(raw)
+                RateLimit.parse(raw)
             except ValueError:
-                raise SystemExit(f"{field.metadata['env']} must be a whole number") from None
-        config = cls(**values)
-        if config.registration not in REGISTRATION_MODES:
-            raise SystemExit("BUTTONAPI_REGISTRATION must be open, invite or closed")
-        for field in dataclasses.fields(cls):
-            if field.name.endswith("_limit") or "_limit_" in field.name:
-                try:
-                    RateLimit.parse(getattr(config, field.name))
-                except ValueError:
-                    raise SystemExit(f"{field.metadata['env']} must be N/S or 0") from None
-        return config
+                raise ConfigError(f"{name} must be N/S (N events per S seconds) or 0") from None
+        if field.type != "int":
+            return raw
+        low, high = field.metadata["low"], field.metadata["high"]
+        if not (raw.strip().isascii() and raw.strip().isdigit() and low <= int(raw) <= high):
+            raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {raw!r}")
+        return int(raw)
 
 
 config_key = web.AppKey("config_key", Config)
@@ -134,6 +157,7 @@ bridge_timing_key = web.AppKey("bridge_timing_key", bot.Timing)
 openapi_key = web.AppKey("openapi_key", bytes)
 presence_key = web.AppKey("presence_key", realtime.Presence)
 pace_key = web.AppKey("pace_key", realtime.Pace)
+metrics_key = web.AppKey("metrics_key", metrics.Metrics)
 
 OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
 REGISTRATION_MODES = ("open", "invite", "closed")
@@ -513,6 +537,8 @@ class RateLimit:
         """Whole seconds until `key` may act again; 0 when it may act now."""
         if not self.n:
             return 0
+        if key not in self._hits:  # asking keeps nothing: only `take` remembers a key
+            return 0
         now = time.monotonic()
         hits = self._window(key, now)
         if len(hits) < self.n:
@@ -567,6 +593,8 @@ class Limits:
         self.socket_sid = RateLimit(SOCKET_SIGN_IN_LIMIT_SOCKET)
         self.socket_addr = RateLimit(SOCKET_SIGN_IN_LIMIT_ADDR)
         self._settled = asyncio.Event()
+        # requests refused with 429 since start, by limit (the metrics read it)
+        self.refused = Counter(dict.fromkeys(("login_user", "login_addr", "send", "register"), 0))
 
     @contextlib.asynccontextmanager
     async def password_check(self, username: str, address: str) -> AsyncIterator[PasswordAttempt]:
@@ -580,6 +608,7 @@ class Limits:
         limits = ((self.login_user, db.ascii_lower(username)), (self.login_addr, address))
         while wait := max(limit.wait(key) for limit, key in limits):
             if not any(limit.pending(key) for limit, key in limits):
+                self.refused["login_user" if limits[0][0].wait(limits[0][1]) else "login_addr"] += 1
                 raise too_many(TOO_MANY_ATTEMPTS, wait)
             settled = self._settled
             await settled.wait()
@@ -612,6 +641,7 @@ class Limits:
         """Count a registration attempt from `address`; 429 (before any bcrypt work) if over."""
         wait = self.register_addr.wait(address)
         if wait:
+            self.refused["register"] += 1
             raise too_many(TOO_MANY_ATTEMPTS, wait)
         self.register_addr.take(address)
 
@@ -620,6 +650,7 @@ class Limits:
         key = str(user_id)
         wait = self.send.wait(key)
         if wait:
+            self.refused["send"] += 1
             raise too_many(SENDING_TOO_FAST, wait)
         self.send.take(key)
 
@@ -1573,23 +1604,66 @@ async def add_routes(app: web.Application) -> None:
     add_web_chat(app)
 
 
+def metric_sources(app: web.Application) -> metrics.Sources:
+    """What the metrics read at scrape time: the server's own state, read only."""
+
+    def sockets() -> dict[str, int]:
+        sio = app[sio_key]
+        connected = len(sio.manager.rooms.get("/", {}).get(None, {}))
+        unauthenticated = sum(sio.namespace_handlers["/"].unauthenticated.values())
+        return {"authenticated": connected - unauthenticated, "unauthenticated": unauthenticated}
+
+    return metrics.Sources(
+        sockets=sockets,
+        engineio_sessions=lambda: len(app[sio_key].eio.sockets),
+        password_checks_waiting=lambda: app[hasher_key].waiting,
+        limit_refusals=lambda: dict(app[limits_key].refused),
+        outbox=lambda: db.outbox_backlog(app[db_key]),
+    )
+
+
+def metrics_ctx(sock: socket.socket | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """/metrics on its own port while the app runs (after the database, before the bot)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        meter = app.get(metrics_key)
+        if meter is None:
+            yield
+            return
+        app[db_key].observer = meter
+        async with metrics.serving(meter, app[config_key].metrics_port, sock):
+            yield
+
+    return ctx
+
+
 async def create_app(
-    config: Config, *, bridge_timing: bot.Timing | None = None, pace: realtime.Pace | None = None
+    config: Config,
+    *,
+    bridge_timing: bot.Timing | None = None,
+    metrics_sock: socket.socket | None = None,
+    pace: realtime.Pace | None = None,
 ) -> web.Application:
     """Build the whole server: HTTP API, Socket.IO and (when configured) the Discord bot.
 
-    `bridge_timing`: the Discord bridge's waits and backoff; `pace`: presence's grace time
-    and typing's interval (tests shorten them)."""
+    `bridge_timing`: the Discord bridge's waits and backoff (tests shorten them).
+    `metrics_sock`: the metrics port, bound already (else it is bound when the app starts).
+    `pace`: presence's grace time and typing's interval (tests shorten them)."""
     transports = realtime.OpenTransports()
     app = web.Application(
         client_max_size=MAX_BODY,
         middlewares=[transports.middleware, cors_middleware, errors_middleware],
     )
+    if config.metrics_port:
+        app[metrics_key] = metrics.Metrics(metric_sources(app))
+        app.middlewares.insert(0, app[metrics_key].middleware)  # outermost: every answer
     app[config_key] = config
     app[bridge_timing_key] = bridge_timing or bot.Timing()
     app[pace_key] = pace or realtime.Pace()
     app[transports_key] = transports
-    app.cleanup_ctx.extend([database_ctx, hasher_ctx, bridge_ctx, external_watch_ctx])
+    app.cleanup_ctx.extend(
+        [database_ctx, hasher_ctx, metrics_ctx(metrics_sock), bridge_ctx, external_watch_ctx]
+    )
     app[limits_key] = Limits(config)
     add_sockets(app)
     app.on_shutdown.append(close_sockets)
@@ -1597,16 +1671,41 @@ async def create_app(
     return app
 
 
-# aiohttp's default line carries its own timestamp (%t), formatted for every request, beside
-# the one the log format already gives; this one adds the time taken instead.
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
+class LeanAccessLog(AbstractAccessLogger):
+    """One short line per request, made from the fields at hand: aiohttp's own access logger
+    interprets its format string and builds a dict of extra fields for every request, and its
+    default line carries a second timestamp. The line is written off the loop (`main`)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        version = request.version
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %s %s %.6fs "%s"', request.remote, request.method,
+            request.path_qs, version.major, version.minor, response.status, response.body_length,
+            time, request.headers.get("User-Agent", "-"),
+        )  # fmt: skip
 
 
-async def create_served_app(config: Config) -> web.Application:
+@contextlib.contextmanager
+def logging_off_the_loop() -> Iterator[None]:
+    """Every log line is handed to a thread that formats and writes it: a slow terminal or
+    disk, or a flood of access lines, never holds the event loop."""
+    root = logging.getLogger()
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(lines, *root.handlers, respect_handler_level=True)
+    root.handlers = [logging.handlers.QueueHandler(lines)]
+    writer.start()
+    try:
+        yield
+    finally:
+        writer.stop()  # writes what is queued
+        root.handlers = list(writer.handlers)
+
+
+async def create_served_app(config: Config, metrics_sock: socket.socket | None) -> web.Application:
     """The app as `main` serves it: once stopping has begun, a second SIGINT or SIGTERM is
     noted and changes nothing (the stop is bounded already; an interrupted one would lose the
     database's orderly close)."""
-    app = await create_app(config)
+    app = await create_app(config, metrics_sock=metrics_sock)
 
     async def ignore_further_signals(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
@@ -1734,29 +1833,125 @@ def run_admin(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    if argv and argv[0] == "admin":
-        raise SystemExit(run_admin(argv[1:]))
-    parser = argparse.ArgumentParser(description="Button API V3 server")
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class CannotListen(Exception):
+    """A port that can not be listened on (one line for the operator)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port now, so that a port in use is known before anything else
+    is done (the database is not created yet); the server listens on it later."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp itself does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def start_line(config: Config) -> str:
+    """The one log line at start: what runs, where, on which data, and how."""
+    registration = getattr(config, "registration", "open")
+    discord = (
+        f"on (guild {config.discord_guild_id}, bridge channel {config.discord_channel_id})"
+        if config.discord_token
+        else "off"
+    )
+    metrics = f"http://127.0.0.1:{config.metrics_port}/metrics" if config.metrics_port else "off"
+    return (
+        f"buttonapi {VERSION} started: http://{config.host}:{config.port},"
+        f" database {Path(config.db).absolute()},"
+        f" registration {registration}, discord {discord}, metrics {metrics},"
+        f" access log {'on' if config.access_log else 'off'}"
+    )
+
+
+def run_backup(argv: list[str]) -> int:
+    """`buttonapi.py backup FILE`: an online copy of the database (db.backup); 0 when done."""
+    parser = Parser(
+        prog="buttonapi.py backup",
+        description="Copy the database, consistently, while the server runs and writes.",
+    )
+    parser.add_argument("file", metavar="FILE", help="the new backup file (must not exist)")
+    parser.add_argument("--db", help="the database (BUTTONAPI_DB, default buttonapi.db)")
+    args = parser.parse_args(argv)
+    path = args.db or os.environ.get("BUTTONAPI_DB") or Config.db
+    try:
+        db.backup(path, args.file)
+    except (db.CannotOpen, db.BackupFailed) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, db.CannotOpen) else 1
+    return 0
+
+
+def server_parser() -> Parser:
+    parser = Parser(
+        prog="buttonapi.py",
+        description="Button API V3 server. `buttonapi.py backup FILE` backs its database up.",
+    )
+    parser.add_argument("--version", action="version", version=f"buttonapi {VERSION}")
     parser.add_argument("--host", help="address to listen on (BUTTONAPI_HOST, default 0.0.0.0)")
     parser.add_argument("--port", help="port to listen on (BUTTONAPI_PORT, default 5000)")
     parser.add_argument("--db", help="SQLite file (BUTTONAPI_DB, default buttonapi.db)")
+    parser.add_argument(
+        "--metrics-port",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (BUTTONAPI_METRICS_PORT, default off)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "admin":
+        raise SystemExit(run_admin(argv[1:]))
+    if argv and argv[0] == "backup":
+        raise SystemExit(run_backup(argv[1:]))
+    parser = server_parser()
     args = parser.parse_args(argv)
+    try:  # every check before anything is created: the settings, the ports, the database
+        config = Config.from_env(
+            dict(os.environ), host=args.host, port=args.port, db=args.db,
+            metrics_port=args.metrics_port,
+        )  # fmt: skip
+        sock = listen(config.host, config.port)
+        metrics_sock = listen("127.0.0.1", config.metrics_port) if config.metrics_port else None
+        db.check_openable(config.db)
+    except (ConfigError, CannotListen, db.CannotOpen) as exc:
+        parser.error(str(exc))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("aiohttp.server").addFilter(OneLine(HttpProcessingError))
     logging.getLogger("discord.client").addFilter(OneLine(OSError, aiohttp.ClientError))
-    config = Config.from_env(dict(os.environ), host=args.host, port=args.port, db=args.db)
-    web.run_app(
-        create_served_app(config),
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=10,
-        keepalive_timeout=config.request_timeout,  # also bounds the wait for a request's headers
-        print=lambda text: log.info("%s", text.strip()),
-        access_log_format=ACCESS_LOG_FORMAT,
-    )
+    started = time.monotonic()
+    with logging_off_the_loop():
+        try:
+            web.run_app(
+                create_served_app(config, metrics_sock),
+                sock=sock,
+                shutdown_timeout=10,
+                keepalive_timeout=config.request_timeout,  # also bounds the wait for headers
+                print=lambda _: log.info("%s", start_line(config)),
+                access_log=access_logger if config.access_log else None,
+                access_log_class=LeanAccessLog,
+            )
+        except db.CannotOpen as exc:  # found only on opening (refused by the OS or SQLite)
+            parser.error(str(exc))
+        log.info("buttonapi %s stopped after %d s", VERSION, time.monotonic() - started)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -401,6 +402,16 @@ class SearchIndex:
         return search_table(shard)
 
 
+class Observer:
+    """What the database reports as it works (the metrics listen); by default, nothing."""
+
+    def batch_committed(self, writes: int, seconds: float) -> None:
+        """A batch of `writes` was committed in one transaction taking `seconds`."""
+
+    def message_stored(self, kind: str) -> None:
+        """A new message of `kind` was committed."""
+
+
 class Database:
     """The write connection behind the write gate (on its own thread), and the read one."""
 
@@ -428,6 +439,7 @@ class Database:
         self._closing = False
         self.caches = caches  # flushed after each commit, before its writers hear back
         self.search = search  # the full-text index, kept in step by the writer
+        self.observer = Observer()
 
     def start(self) -> None:
         self._closing = False
@@ -512,6 +524,7 @@ class Database:
     async def _commit_batch(self, batch: list[tuple[WriteStep, asyncio.Future, bool]]) -> None:
         steps = [step for step, _, _ in batch]
         scrub = any(scrub for _, _, scrub in batch)
+        started = time.perf_counter()
         try:
             results = await self._on_writer(self._transaction, steps, scrub)
         except Exception as exc:
@@ -525,6 +538,7 @@ class Database:
             return
         finally:
             self.caches.flush()  # before any caller of the batch hears back
+        self.observer.batch_committed(len(batch), time.perf_counter() - started)
         for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -572,7 +586,7 @@ def _apply_schema(conn: sqlite3.Connection, schema: str) -> None:
     a new file). One transaction: a crash leaves the file as it was or fully migrated."""
     (version,) = conn.execute("PRAGMA user_version").fetchone().values()
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"the database is of schema version {version}, newer than this server")
+        raise CannotOpen(NEWER_SCHEMA.format(path="the database", version=version))
     steps = [MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)] if version else []
     script = "\n".join(
         [
@@ -618,8 +632,13 @@ async def open_database(path: str, *, external: bool = False) -> AsyncIterator[D
     transactions bumps `external_writes`, so the server forgets its caches."""
     loop = asyncio.get_running_loop()
     caches, search = Caches(), SearchIndex()
+    check_openable(path)
     with ThreadPoolExecutor(1, "buttonapi-writer") as thread:
-        writer = await loop.run_in_executor(thread, _prepare_writer, path, caches, search)
+        try:
+            writer = await loop.run_in_executor(thread, _prepare_writer, path, caches, search)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise CannotOpen(f"cannot open {path}: {reason}") from exc
         reader = monitor = None
         try:
             reader = await _connect_reader(path)
@@ -636,6 +655,104 @@ async def open_database(path: str, *, external: bool = False) -> AsyncIterator[D
             if monitor is not None:
                 monitor.close()
             await loop.run_in_executor(thread, writer.close)
+
+
+# --- opening and backing up, for the command line ----------------------------------------
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+NEWER_SCHEMA = (
+    "{path} is of schema version {version}, newer than this server's "
+    f"{SCHEMA_VERSION}: run the newer server, or restore a backup made for this one"
+)
+
+
+class CannotOpen(Exception):
+    """The database file can not be used or backed up (one readable line)."""
+
+
+def check_openable(path: str) -> None:
+    """Refuse, before anything is created, a database path the server could not use: a
+    folder, a missing or unwritable folder, a file that is not SQLite, a newer schema."""
+    target = Path(path)
+    if not target.exists():
+        folder = target.parent
+        if not folder.exists():
+            raise CannotOpen(f"cannot create {path}: the folder {folder} does not exist")
+        if not folder.is_dir():
+            raise CannotOpen(f"cannot create {path}: {folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CannotOpen(f"cannot create {path}: the folder {folder} is not writable")
+        return
+    if not target.is_file():
+        raise CannotOpen(f"cannot open {path}: not a regular file")
+    try:
+        with target.open("r+b") as file:
+            header = file.read(100)
+    except OSError as exc:
+        raise CannotOpen(f"cannot open {path}: {exc.strerror}") from None
+    if header and not header.startswith(SQLITE_HEADER):
+        raise CannotOpen(f"cannot open {path}: not a SQLite database")
+    version = int.from_bytes(header[60:64], "big") if len(header) >= 64 else 0
+    if version > SCHEMA_VERSION:
+        raise CannotOpen(NEWER_SCHEMA.format(path=path, version=version))
+
+
+class BackupFailed(Exception):
+    """The copy was made but is not sound; nothing was left behind."""
+
+
+def backup(path: str, target: str) -> None:
+    """Copy the live database `path` into the new file `target` (mode 0600), consistently
+    while the server writes: SQLite's online backup in one step reads one snapshot (one read
+    transaction, which in WAL mode never blocks the writer), so it holds every write
+    committed before it started. The copy is checked, synced and then linked into place,
+    so `target` never exists half-written, and an existing file is never replaced."""
+    if os.path.lexists(target):
+        raise CannotOpen(f"{target} exists already: choose a new file name")
+    if not Path(path).is_file():
+        raise CannotOpen(f"cannot open {path}: no such database file")
+    folder = Path(target).absolute().parent
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".backup-", suffix=".tmp", dir=folder)  # mode 0600
+    except OSError as exc:
+        raise CannotOpen(f"cannot create {target}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        _copy_checked(path, temp)
+        _fsync(temp)
+        try:
+            os.link(temp, target)  # atomic, and never over a file made meanwhile
+        except FileExistsError:
+            raise CannotOpen(f"{target} exists already: choose a new file name") from None
+        _fsync(str(folder))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _copy_checked(path: str, temp: str) -> None:
+    try:
+        source = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise CannotOpen(f"cannot open {path}: {exc}") from None
+    with contextlib.closing(source), contextlib.closing(sqlite3.connect(temp)) as copy:
+        try:
+            source.execute("PRAGMA busy_timeout = 10000")
+            source.backup(copy)  # pages=-1: the whole file in one step, from one snapshot
+        except sqlite3.Error as exc:
+            raise CannotOpen(f"cannot back up {path}: {exc}") from None
+        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        checked = copy.execute("PRAGMA integrity_check").fetchall()
+    if checked != [("ok",)]:
+        raise BackupFailed(f"the copy failed its integrity check: {checked[0][0]}")
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --- users and tokens -------------------------------------------------------------------
@@ -996,7 +1113,13 @@ async def insert_message(
             )
         return {"id": message_id, **row}
 
-    return await db.write(step)
+    return _stored(db, kind, await db.write(step))
+
+
+def _stored(db: Database, kind: str, message: Row) -> Row:
+    if "repeat" not in message:  # a new message, not the answer to a repeated nonce
+        db.observer.message_stored(kind)
+    return message
 
 
 def _refused_or_repeat(
@@ -1433,6 +1556,15 @@ async def outbox_dests(db: Database) -> list[str]:
     """Every destination with work left (at start: resume after a restart)."""
     rows = await db.fetch_all(f"SELECT DISTINCT dest FROM discord_outbox WHERE {_WORK_LEFT}")
     return [row["dest"] for row in rows]
+
+
+async def outbox_backlog(db: Database) -> dict[str, int]:
+    """The rows with work left, by state (the metrics; read through the partial index)."""
+    row = await db.fetch_one(
+        "SELECT sum(state = 'post') AS post, sum(state = 'edit') AS edit,"
+        f" sum(state = 'delete') AS \"delete\" FROM discord_outbox WHERE {_WORK_LEFT}"
+    )
+    return {state: (row or {}).get(state) or 0 for state in ("post", "edit", "delete")}
 
 
 async def outbox_dests_of_message(db: Database, message_id: int) -> list[str]:

@@ -661,12 +661,18 @@ class Server:
             return
 
 
-async def start_real_server(procs: Processes, name: str, db_path: Path) -> Server:
+METRICS = False  # --metrics: also (a) on a second real server with Prometheus metrics on
+
+
+async def start_real_server(
+    procs: Processes, name: str, db_path: Path, *, metered: bool = False
+) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))}
     env.update(SERVER_ENV)
+    metrics = ["--metrics-port", str(free_port())] if metered else []
     proc = await procs.start(
-        name, "buttonapi.py", "--port", str(port), "--db", str(db_path), env=env
+        name, "buttonapi.py", "--port", str(port), "--db", str(db_path), *metrics, env=env
     )
     return Server(name, proc, port)
 
@@ -918,7 +924,7 @@ async def measure_presence(
 
 async def measure_http(
     procs: Processes, tmp: Path, size: dict, load: Load, real: Server, floor: Server,
-    tokens: dict[str, str],
+    tokens: dict[str, str], metered: Server | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """(a), (b), (c) beside the floor: a warm-up each, then three rounds of every target in
     turn (so that a drift of the machine hits them all alike)."""
@@ -932,6 +938,8 @@ async def measure_http(
         "dm": (real, "/api/v3/senddm/", body(
             token=token, username="user2", message="A benchmark DM of an ordinary length.")),
     }  # fmt: skip
+    if metered:  # (a) again, on a copy of the database served with metrics on
+        targets["read_metrics"] = (metered, "/api/v3/readmessagesfromchannel/", read)
     # (b): 3 of the 10 members of `writes` have a live socket (they receive every message).
     live = [tokens[f"user{i}"] for i in (2, 3, 4)]
     sockets = SocketWorkers(procs, tmp)
@@ -956,7 +964,8 @@ async def measure_http(
             "runs": per_run,
         }
         if name != "floor":
-            ratios = [r["rps"] / f["rps"] for r, f in zip(per_run, runs["floor"], strict=True)]
+            base = runs["read" if name == "read_metrics" else "floor"]
+            ratios = [r["rps"] / f["rps"] for r, f in zip(per_run, base, strict=True)]
             result[name]["ratio"] = summary(ratios)
     return result
 
@@ -1087,6 +1096,10 @@ def figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
             r = http[key]
             row(key, what, r["rps"]["median"], "req/s", spread(r["rps"]),
                 r["ratio"]["median"], "floor")  # fmt: skip
+        if "read_metrics" in http:
+            r = http["read_metrics"]
+            row(None, "(a) with metrics on (--metrics-port)", r["rps"]["median"], "req/s",
+                spread(r["rps"]), r["ratio"]["median"], "(a)")  # fmt: skip
     fan = results.get("fanout")
     if fan:
         n = fan["sockets"]
@@ -1249,6 +1262,11 @@ async def run_phases(
             path = tmp / f"{name}.db"
             size_dbs[name] = (path, await asyncio.to_thread(seed, path, size[name], 0))
     log("starting the server, the floor and the bare socket.io server")
+    metered = None
+    if METRICS and "http" in phases:  # a copy, made before any server opens the database
+        await asyncio.to_thread(shutil.copyfile, main_db, tmp / "metered.db")
+        metered = await start_real_server(procs, "metered", tmp / "metered.db", metered=True)
+        await metered.wait_listening()
     real = await start_real_server(procs, "server", main_db)
     floor = await start_worker_server(procs, "floor")
     bare = await start_worker_server(procs, "bare-sio")
@@ -1260,11 +1278,12 @@ async def run_phases(
     if "fanout" in phases:
         results["fanout"] = await measure_fanout(procs, tmp, size, real, bare, tokens)
     if "http" in phases:
-        results["http"] = await measure_http(procs, tmp, size, load, real, floor, tokens)
+        results["http"] = await measure_http(procs, tmp, size, load, real, floor, tokens, metered)
     if "logins" in phases:
         log("(e) reads alone and during logins")
         results["logins"] = await measure_logins(size, load, real, tokens)
-    await asyncio.gather(*(procs.stop(server.proc) for server in (real, floor, bare)))
+    stopping = [real, floor, bare] + ([metered] if metered else [])
+    await asyncio.gather(*(procs.stop(server.proc) for server in stopping))
     if "sizes" in phases:
         log(f"(f) reads from {size['small']} and {size['large']} stored messages")
         results["sizes"] = await measure_sizes(procs, size, load, size_dbs)
@@ -1289,7 +1308,14 @@ def main() -> None:
         help="HTTP load: wrk if installed (auto), or the Python load generator",
     )  # fmt: skip
     parser.add_argument("--only", help=f"some of {','.join(PHASES)} (default: all)")
-    sys.exit(asyncio.run(orchestrate(parser.parse_args())))
+    parser.add_argument(
+        "--metrics", action="store_true",
+        help="also measure (a) on a second server with Prometheus metrics on (their cost)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    global METRICS
+    METRICS = args.metrics
+    sys.exit(asyncio.run(orchestrate(args)))
 
 
 if __name__ == "__main__":

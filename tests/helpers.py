@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -377,6 +378,57 @@ class Server:
         self.log.close()
         lines = Path(self.log.name).read_text(errors="replace").splitlines()
         assert leaked_secrets(lines) == []
+
+
+# --- the official JavaScript client (socket.io-client under Node.js) -----------------------
+
+HERE = Path(__file__).resolve().parent
+JS_WAIT = 10  # seconds: the bound of every wait for an event of a JavaScript client
+
+
+class JsClient:
+    def __init__(self, proc):
+        self.proc = proc
+        self.events = []
+
+    @classmethod
+    async def start(cls, url, token, mode, transport=""):
+        """`mode`: "auth" (connect-time auth) or "emit" (api_v3_connect); `transport`:
+        "websocket" or "polling" alone, or "" (the client's default)."""
+        node = shutil.which("node")
+        assert node, "Node.js is needed for this test (see README)"
+        assert (HERE / "node_modules" / "socket.io-client").is_dir(), "run: npm ci --prefix tests"
+        proc = await asyncio.create_subprocess_exec(
+            node, str(HERE / "js_client.mjs"), url, token, mode, transport,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def next(self, name):
+        """The next event called `name`; every event before it is kept in self.events."""
+
+        async def read():
+            while True:
+                line = await self.proc.stdout.readline()
+                assert line, f"the client ended before {name!r}: {self.events}"
+                event = json.loads(line)
+                self.events.append((event["event"], event["data"]))
+                if event["event"] == name:
+                    return event["data"]
+
+        return await asyncio.wait_for(read(), JS_WAIT)
+
+    def named(self, name):
+        return [data for event, data in self.events if event == name]
+
+    async def close(self):
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), JS_WAIT)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
 
 
 # --- the Discord bridge against tests/fake_discord.py -------------------------------------

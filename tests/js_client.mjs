@@ -1,11 +1,14 @@
-// A real socket.io-client 4.x for the Python tests: node js_client.mjs URL TOKEN MODE
+// A real socket.io-client 4.x for the Python tests: node js_client.mjs URL TOKEN MODE [TRANSPORT]
 // MODE "auth" passes the token as the connect-time auth; "emit" sends api_v3_connect after
-// connecting. Every event received is printed as one JSON line {"event": ..., "data": ...};
+// connecting. TRANSPORT "websocket" or "polling" uses that transport alone (default: the
+// client's own choice, long-polling upgraded to a WebSocket). Every event received is printed as one JSON line {"event": ..., "data": ...};
 // closing stdin closes the socket and ends the process.
 import { io } from "socket.io-client";
 
-const [url, token, mode] = process.argv.slice(2);
-const socket = io(url, mode === "auth" ? { auth: { token_api_v3: token } } : {});
+const [url, token, mode, transport] = process.argv.slice(2);
+const options = mode === "auth" ? { auth: { token_api_v3: token } } : {};
+if (transport) options.transports = [transport];
+const socket = io(url, options);
 const out = (event, data) => process.stdout.write(JSON.stringify({ event, data }) + "\n");
 
 socket.on("connect", () => {

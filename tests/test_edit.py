@@ -426,7 +426,7 @@ async def test_a_file_of_a_newer_version_is_refused_untouched(tmp_path):
     path = tmp_path / "newer.db"
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(db.CannotOpen, match="of schema version 99, newer than this server"):
         async with db.open_database(str(path)):
             pass
     with closing(sqlite3.connect(path)) as conn:

@@ -5,58 +5,9 @@ prints every event it receives as a JSON line.
 """
 
 import asyncio
-import json
-import shutil
-from pathlib import Path
 
 import pytest
-from helpers import PASSWORD, free_port, http
-
-HERE = Path(__file__).resolve().parent
-WAIT = 10  # seconds: the bound of every wait for an event
-
-
-class JsClient:
-    def __init__(self, proc):
-        self.proc = proc
-        self.events = []
-
-    @classmethod
-    async def start(cls, url, token, mode):
-        node = shutil.which("node")
-        assert node, "Node.js is needed for this test (see README)"
-        assert (HERE / "node_modules" / "socket.io-client").is_dir(), "run: npm ci --prefix tests"
-        proc = await asyncio.create_subprocess_exec(
-            node, str(HERE / "js_client.mjs"), url, token, mode,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        return cls(proc)
-
-    async def next(self, name):
-        """The next event called `name`; every event before it is kept in self.events."""
-
-        async def read():
-            while True:
-                line = await self.proc.stdout.readline()
-                assert line, f"the client ended before {name!r}: {self.events}"
-                event = json.loads(line)
-                self.events.append((event["event"], event["data"]))
-                if event["event"] == name:
-                    return event["data"]
-
-        return await asyncio.wait_for(read(), WAIT)
-
-    def named(self, name):
-        return [data for event, data in self.events if event == name]
-
-    async def close(self):
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), WAIT)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
+from helpers import PASSWORD, JsClient, free_port, http
 
 
 @pytest.fixture
