@@ -1137,8 +1137,12 @@ async def getchannelmembers(request: web.Request, body: dict[str, Any]) -> web.R
     token, name = fields(body, "token", "name")
     user = await authenticate(request, token)
     channel = await member_channel(request, user, name)
-    members = await db.members_of(request.app[db_key], channel["id"])
-    return web.json_response({"channel_name": channel["name"], "members": members})
+    database = request.app[db_key]
+    members = await db.members_of(database, channel["id"])
+    creator = await db.channel_creator_name(database, channel["id"])  # the one who may remove
+    return web.json_response(
+        {"channel_name": channel["name"], "members": members, "creator": creator}
+    )
 
 
 # token and account control (beyond the seed)

@@ -1031,6 +1031,16 @@ async def channel_creator(db: Database, channel_id: int) -> int | None:
     return row["creator_id"] if row else None
 
 
+async def channel_creator_name(db: Database, channel_id: int) -> str | None:
+    """The creator's username; None once that account is deleted."""
+    row = await db.fetch_one(
+        "SELECT u.username FROM channels AS c JOIN users AS u ON u.id = c.creator_id"
+        " WHERE c.id = ?",
+        (channel_id,),
+    )
+    return row["username"] if row else None
+
+
 async def remove_member(db: Database, channel_id: int, user_id: int) -> bool:
     """Remove a member; False if not one. The channel stays, even with no member left."""
 

@@ -1104,7 +1104,7 @@ async function loadMembers() {
   $("member-list").replaceChildren(...got.members.map((name) => {
     const item = el("li", {}, el("span", { className: "member-name" }, name));
     item.dataset.name = asciiLower(name);
-    if (asciiLower(name) !== me) {
+    if (asciiLower(name) !== me && got.creator && asciiLower(got.creator) === me) {
       const remove = el("button", { type: "button", className: "delete" }, "Remove");
       remove.setAttribute("aria-label", `Remove ${name} from ${got.channel_name}`);
       remove.addEventListener("click", () => busy(remove, async () => {

@@ -845,6 +845,9 @@ async def test_unread_counts_presence_typing_search_edits_and_members(server, br
     await expect(members).to_have_count(2)
     await expect(members.locator(".dot.on")).to_have_count(2)
     await alice.screenshot("conversations-members")
+    await bob.page.get_by_role("button", name="Members").click()  # not the creator: no Remove
+    await expect(bob.page.locator("#member-list li")).to_have_count(2)
+    await expect(bob.page.locator("#member-list").get_by_role("button")).to_have_count(0)
     await alice.page.get_by_role("button", name="Remove bob from general").click()
     await expect(alice.page.locator("#notice-text")).to_have_text("Removed bob from general.")
     await expect(bob.page.locator("#notice-text")).to_have_text(
