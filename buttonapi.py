@@ -155,6 +155,8 @@ events_key = web.AppKey("events_key", realtime.Events)
 bridge_key = web.AppKey("bridge_key", bot.Bridge)
 bridge_timing_key = web.AppKey("bridge_timing_key", bot.Timing)
 openapi_key = web.AppKey("openapi_key", bytes)
+presence_key = web.AppKey("presence_key", realtime.Presence)
+pace_key = web.AppKey("pace_key", realtime.Pace)
 metrics_key = web.AppKey("metrics_key", metrics.Metrics)
 
 OPENAPI_PATH = Path(__file__).with_name("static") / "openapi.json"
@@ -212,6 +214,7 @@ RANGES = {
     ("createinvite", "seconds"): (60, 2_592_000),
     ("createinvite", "uses"): (1, 1000),
 }
+MAX_QUERY = 200  # characters of a search query
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -1134,8 +1137,12 @@ async def getchannelmembers(request: web.Request, body: dict[str, Any]) -> web.R
     token, name = fields(body, "token", "name")
     user = await authenticate(request, token)
     channel = await member_channel(request, user, name)
-    members = await db.members_of(request.app[db_key], channel["id"])
-    return web.json_response({"channel_name": channel["name"], "members": members})
+    database = request.app[db_key]
+    members = await db.members_of(database, channel["id"])
+    creator = await db.channel_creator_name(database, channel["id"])  # the one who may remove
+    return web.json_response(
+        {"channel_name": channel["name"], "members": members, "creator": creator}
+    )
 
 
 # token and account control (beyond the seed)
@@ -1386,6 +1393,64 @@ async def getlinks(request: web.Request, body: dict[str, Any]) -> web.Response:
     return web.json_response({"links": await db.links(request.app[db_key])})
 
 
+# conversations (beyond the seed): search, read markers, presence
+
+
+@endpoint
+async def searchmessages(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, query, count, before = fields(body, "token", "query", "count?", "before?")
+    database = request.app[db_key]
+    if not 1 <= len(query) <= MAX_QUERY:
+        raise invalid("query")
+    try:
+        await db.check_query(database, query)  # a field FTS5 can not parse is invalid
+    except db.BadQuery:
+        raise invalid("query") from None
+    user = await authenticate(request, token)
+    messages = await db.search_messages(database, user["id"], query, count, before)
+    return web.json_response({"messages": messages})
+
+
+@endpoint
+async def markread(request: web.Request, body: dict[str, Any]) -> web.Response:
+    token, message_id = fields(body, "token", "message_id")
+    user = await authenticate(request, token)
+    database = request.app[db_key]
+    message = await db.message_by_id(database, message_id)
+    if message is None:
+        raise ApiError(404, MESSAGE_NOT_FOUND)
+    if not await realtime.may_read(database, user["id"], message):
+        raise ApiError(403, "Your not allowed to read this message!")
+    conversation = realtime.conversation_of(message, user["id"])
+    if conversation is not None:  # a `discord` message, or a DM whose partner is gone: none
+        kind, target_id, name = conversation
+        if await db.mark_read(database, user["id"], kind, target_id, message_id):
+            request.app[events_key].read_marker(user["id"], message_id, kind, name)
+    return ok("Marked read!")
+
+
+@endpoint
+async def getunread(request: web.Request, body: dict[str, Any]) -> web.Response:
+    (token,) = fields(body, "token")
+    user = await authenticate(request, token)
+    public, channels, dms = await db.unread(request.app[db_key], user["id"])
+    return web.json_response(
+        {
+            "public": public,
+            "channels": {row["name"]: row["n"] for row in channels if row["n"]},
+            "dms": {row["username"]: row["n"] for row in dms if row["n"]},
+        }
+    )
+
+
+@endpoint
+async def getonline(request: web.Request, body: dict[str, Any]) -> web.Response:
+    (token,) = fields(body, "token")
+    user = await authenticate(request, token)
+    online = await request.app[presence_key].online_peers(user["id"])
+    return web.json_response({"online": online})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "discord": request.app[bridge_key].state})
 
@@ -1516,14 +1581,17 @@ def add_sockets(app: web.Application) -> None:
     sio = realtime.socket_server(app, config.cors_origins, MAX_BODY, sessions, client_address)
     events = realtime.Events(sio, app[transports_key])
     sign_in = functools.partial(socket_sign_in, app)
-    sockets = realtime.Sockets(events, lambda: app[db_key], sign_in, sessions)
+    presence = realtime.Presence(events, lambda: app[db_key], app[pace_key])
+    sockets = realtime.Sockets(events, lambda: app[db_key], sign_in, sessions, presence)
     sio.register_namespace(sockets)
     app[sio_key] = sio
     app[events_key] = events
+    app[presence_key] = presence
 
 
 async def close_sockets(app: web.Application) -> None:
     """Before the web server stops: every socket is told and closed, polling ones too."""
+    app[presence_key].close()
     await realtime.shutdown(app[sio_key], app[events_key], app[transports_key])
 
 
@@ -1581,11 +1649,13 @@ async def create_app(
     *,
     bridge_timing: bot.Timing | None = None,
     metrics_sock: socket.socket | None = None,
+    pace: realtime.Pace | None = None,
 ) -> web.Application:
     """Build the whole server: HTTP API, Socket.IO and (when configured) the Discord bot.
 
     `bridge_timing`: the Discord bridge's waits and backoff (tests shorten them).
-    `metrics_sock`: the metrics port, bound already (else it is bound when the app starts)."""
+    `metrics_sock`: the metrics port, bound already (else it is bound when the app starts).
+    `pace`: presence's grace time and typing's interval (tests shorten them)."""
     transports = realtime.OpenTransports()
     app = web.Application(
         client_max_size=MAX_BODY,
@@ -1596,6 +1666,7 @@ async def create_app(
         app.middlewares.insert(0, app[metrics_key].middleware)  # outermost: every answer
     app[config_key] = config
     app[bridge_timing_key] = bridge_timing or bot.Timing()
+    app[pace_key] = pace or realtime.Pace()
     app[transports_key] = transports
     app.cleanup_ctx.extend(
         [database_ctx, hasher_ctx, metrics_ctx(metrics_sock), bridge_ctx, external_watch_ctx]

@@ -40,7 +40,7 @@ from permissions import Actor, Role
 log = logging.getLogger("buttonapi.db")
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 NONCE_SECONDS = 24 * 3600  # how long a send's nonce is remembered
 MAX_ID = 2**63 - 1  # SQLite's largest integer; larger ids are clamped to it by the caller
 MESSAGE_COLUMNS = (
@@ -76,6 +76,10 @@ MIGRATIONS: dict[int, tuple[str, str]] = {
         " ALTER TABLE users ADD COLUMN timed_out_until TEXT;",
         "",
     ),
+    # 5: conversations (SPEC section 10): read_markers comes from schema.sql; the full-text
+    # index of every message is filled at start (`SearchIndex.backfill`), whatever the
+    # version, so this step has nothing to run of its own.
+    5: ("", ""),
 }
 
 Row = dict[str, Any]
@@ -114,6 +118,9 @@ async def _connect_reader(path: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = _dict_row
     await conn.execute("PRAGMA busy_timeout = 5000")
+    # An empty full-text table of this connection's own (TEMP, in memory): a search query
+    # is parsed against it before any real index is read (see check_query).
+    await conn.execute(f"CREATE VIRTUAL TABLE temp.{QUERY_PROBE} USING fts5(message, content='')")
     return conn
 
 
@@ -267,6 +274,134 @@ MAX_PAGE_CHANNELS = 1000  # channels whose newest pages are kept at most
 MAX_CACHED_COUNT = 100  # newest pages of up to this many messages are kept
 
 
+# --- the full-text index (SPEC section 10) ------------------------------------------------
+
+SEARCH_SHARD = 8192  # message ids per table of the full-text index
+QUERY_PROBE = "search_probe"  # the reader's empty TEMP full-text table (check_query)
+
+
+def search_table(shard: int) -> str:
+    """The name of a shard's FTS5 table: ids shard * SEARCH_SHARD up to the next shard's."""
+    return f"search_{shard:d}"
+
+
+class SearchIndex:
+    """The full-text index of every message's text: SQLite FTS5 tables, one per SEARCH_SHARD
+    message ids, contentless (the index holds the words, never a copy of the text).
+
+    Why shards: this SQLite (3.40) has no FTS5 `secure-delete`; a word stays in the index's
+    pages after its message is deleted until those pages are rewritten. So the shard that
+    held a deleted (or edited) text is rewritten ('optimize') in the same transaction, and
+    the freed pages are zeroed (`PRAGMA secure_delete`); the cost is bounded by the shard,
+    not the whole index. Searches walk the shards newest first and stop when they have
+    enough (db.search_messages).
+
+    TEMP triggers on `messages` (every write, whoever makes it) report each text that comes
+    or goes during a batch; `apply` brings the index in step before the COMMIT."""
+
+    def __init__(self) -> None:
+        self._todo: list[tuple[int, str | None, str | None]] = []  # (id, old text, new text)
+        self._shards = 0  # shard tables known to exist: 0 .. _shards - 1
+
+    def install(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread, at start: the triggers, then index what is not yet."""
+        conn.create_function("search_changed", 3, self._changed)
+        conn.execute(
+            "CREATE TEMP TRIGGER search_insert AFTER INSERT ON messages"
+            " BEGIN SELECT search_changed(NEW.id, NULL, NEW.message); END"
+        )
+        conn.execute(
+            "CREATE TEMP TRIGGER search_delete AFTER DELETE ON messages"
+            " BEGIN SELECT search_changed(OLD.id, OLD.message, NULL); END"
+        )
+        conn.execute(
+            "CREATE TEMP TRIGGER search_update AFTER UPDATE OF message ON messages"
+            " WHEN OLD.message IS NOT NEW.message"
+            " BEGIN SELECT search_changed(NEW.id, OLD.message, NEW.message); END"
+        )
+        self._shards = self._count_shards(conn)
+        self.backfill(conn)
+
+    def _changed(self, message_id: int, old: str | None, new: str | None) -> None:
+        self._todo.append((message_id, old, new))
+
+    @staticmethod
+    def _count_shards(conn: sqlite3.Connection) -> int:
+        shard = 0
+        while conn.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (search_table(shard),)
+        ).fetchone():
+            shard += 1
+        return shard
+
+    def backfill(self, conn: sqlite3.Connection) -> None:
+        """Index every message above the highest id indexed (a file of an older schema, or
+        rows written by another program), in one transaction."""
+        top = self._shards - 1
+        indexed = 0
+        while top >= 0 and not indexed:
+            table = search_table(top)
+            row = conn.execute(f"SELECT rowid FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
+            indexed, top = (row["rowid"] if row else 0), top - 1
+        last = conn.execute("SELECT max(id) AS id FROM messages").fetchone()["id"] or 0
+        if last <= indexed:
+            return
+        log.info("indexing the text of messages %d to %d for search", indexed + 1, last)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for shard in range(indexed // SEARCH_SHARD, last // SEARCH_SHARD + 1):
+                table = self._table(conn, shard)
+                low = max(indexed + 1, shard * SEARCH_SHARD)
+                conn.execute(
+                    f"INSERT INTO {table} (rowid, message) SELECT id, message FROM messages"
+                    " WHERE id >= ? AND id < ?",
+                    (low, (shard + 1) * SEARCH_SHARD),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def begin(self) -> None:
+        self._todo.clear()
+
+    def apply(self, conn: sqlite3.Connection) -> bool:
+        """Inside the batch's transaction: index what came, unindex what went, and rewrite
+        each shard a text left. True when one did (the WAL is to be scrubbed too)."""
+        rewrite = set()
+        for message_id, old, new in self._todo:
+            table = self._table(conn, message_id // SEARCH_SHARD)
+            if old is not None:
+                conn.execute(
+                    f"INSERT INTO {table} ({table}, rowid, message) VALUES ('delete', ?, ?)",
+                    (message_id, old),
+                )
+                rewrite.add(table)
+            if new is not None:
+                conn.execute(
+                    f"INSERT INTO {table} (rowid, message) VALUES (?, ?)", (message_id, new)
+                )
+        self._todo.clear()
+        for table in rewrite:  # every segment merged into one: the old words are gone
+            conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
+        return bool(rewrite)
+
+    def rolled_back(self, conn: sqlite3.Connection) -> None:
+        """A batch failed: shards it created are gone again."""
+        self._todo.clear()
+        self._shards = self._count_shards(conn)
+
+    def _table(self, conn: sqlite3.Connection, shard: int) -> str:
+        """The shard's table, created (with every shard below it) if new."""
+        while self._shards <= shard:
+            conn.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {search_table(self._shards)}"
+                " USING fts5(message, content='', tokenize='unicode61 remove_diacritics 2')"
+            )
+            self._shards += 1
+        return search_table(shard)
+
+
 class Observer:
     """What the database reports as it works (the metrics listen); by default, nothing."""
 
@@ -287,6 +422,7 @@ class Database:
         reader: aiosqlite.Connection,
         caches: Caches,
         monitor: sqlite3.Connection,
+        search: SearchIndex,
         external: bool = False,
     ) -> None:
         self.writer = writer
@@ -302,6 +438,7 @@ class Database:
         self._task: asyncio.Task | None = None
         self._closing = False
         self.caches = caches  # flushed after each commit, before its writers hear back
+        self.search = search  # the full-text index, kept in step by the writer
         self.observer = Observer()
 
     def start(self) -> None:
@@ -409,15 +546,18 @@ class Database:
     def _transaction(self, steps: list[WriteStep], scrub: bool) -> list[Any]:
         """On the writer's thread: the steps in one transaction, then (scrub) a checkpoint."""
         conn = self.writer
+        self.search.begin()
         conn.execute("BEGIN IMMEDIATE")
         try:
             results = [step(conn) for step in steps]
             if self.external:  # the server's caches must hear of it (check_external)
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'external_writes'")
+            scrub = self.search.apply(conn) or scrub  # a text left the index: scrub the WAL
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self.search.rolled_back(conn)
             raise
         if scrub:
             self._checkpoint()
@@ -468,14 +608,16 @@ def _apply_schema(conn: sqlite3.Connection, schema: str) -> None:
         raise
 
 
-def _prepare_writer(path: str, caches: Caches) -> sqlite3.Connection:
-    """On the writer's thread: the file, its schema, and the triggers of the caches."""
+def _prepare_writer(path: str, caches: Caches, search: SearchIndex) -> sqlite3.Connection:
+    """On the writer's thread: the file, its schema, the triggers of the caches and of the
+    full-text index (which indexes any message it does not hold yet)."""
     _create_private_file(path)
     conn = _connect_writer(path)
     try:
         conn.create_function("name_key", 1, name_key, deterministic=True)
         _apply_schema(conn, SCHEMA_PATH.read_text("utf-8"))
         caches.install(conn)
+        search.install(conn)
     except BaseException:
         conn.close()
         raise
@@ -489,11 +631,11 @@ async def open_database(path: str, *, external: bool = False) -> AsyncIterator[D
     `external`: opened by the command line beside a server that may be running: each of its
     transactions bumps `external_writes`, so the server forgets its caches."""
     loop = asyncio.get_running_loop()
-    caches = Caches()
+    caches, search = Caches(), SearchIndex()
     check_openable(path)
     with ThreadPoolExecutor(1, "buttonapi-writer") as thread:
         try:
-            writer = await loop.run_in_executor(thread, _prepare_writer, path, caches)
+            writer = await loop.run_in_executor(thread, _prepare_writer, path, caches, search)
         except (OSError, sqlite3.DatabaseError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise CannotOpen(f"cannot open {path}: {reason}") from exc
@@ -501,7 +643,7 @@ async def open_database(path: str, *, external: bool = False) -> AsyncIterator[D
         try:
             reader = await _connect_reader(path)
             monitor = _connect_monitor(path)
-            db = Database(writer, thread, reader, caches, monitor, external)
+            db = Database(writer, thread, reader, caches, monitor, search, external)
             db.start()
             try:
                 yield db
@@ -889,6 +1031,16 @@ async def channel_creator(db: Database, channel_id: int) -> int | None:
     return row["creator_id"] if row else None
 
 
+async def channel_creator_name(db: Database, channel_id: int) -> str | None:
+    """The creator's username; None once that account is deleted."""
+    row = await db.fetch_one(
+        "SELECT u.username FROM channels AS c JOIN users AS u ON u.id = c.creator_id"
+        " WHERE c.id = ?",
+        (channel_id,),
+    )
+    return row["username"] if row else None
+
+
 async def remove_member(db: Database, channel_id: int, user_id: int) -> bool:
     """Remove a member; False if not one. The channel stays, even with no member left."""
 
@@ -1222,6 +1374,118 @@ async def readable_since(db: Database, user_id: int, after: int, limit: int) -> 
 async def has_dms(db: Database, user_id: int) -> bool:
     row = await db.fetch_one("SELECT 1 AS yes FROM dm_links WHERE user_id = ? LIMIT 1", (user_id,))
     return row is not None
+
+
+# --- conversations: search, read markers, presence (SPEC section 10) ----------------------
+
+# Who may read a message, as SQL over `messages AS m` and the user `:user`: the same rule as
+# realtime.READERS, kind by kind (public: everyone; channel: its members now; dm: its two
+# parties; discord: its sender). tests/test_conversations.py checks the two agree.
+READABLE = (
+    "(m.kind = 'public'"
+    " OR (m.kind = 'channel' AND EXISTS (SELECT 1 FROM members AS mb"
+    " WHERE mb.channel_id = m.channel_id AND mb.user_id = :user))"
+    " OR (m.kind = 'dm' AND :user IN (m.sender_id, m.recipient_id))"
+    " OR (m.kind = 'discord' AND m.sender_id = :user))"
+)
+
+
+class BadQuery(Exception):
+    """A search query FTS5 can not parse."""
+
+
+async def check_query(db: Database, query: str) -> None:
+    """Parse a search query against the reader's empty probe table; BadQuery if FTS5 can
+    not (a syntax error, an unknown column, a lone `*`, ...)."""
+    try:
+        await db.fetch_all(
+            f"SELECT 1 FROM temp.{QUERY_PROBE} WHERE {QUERY_PROBE} MATCH ?", (query,)
+        )
+    except sqlite3.OperationalError as exc:
+        raise BadQuery(str(exc)) from None
+
+
+async def search_messages(
+    db: Database, user_id: int, query: str, count: int, before: int
+) -> list[Row]:
+    """The newest `count` messages the user may read now whose text matches the query (ids
+    below `before`), newest first: shard by shard, from the newest, until there are enough."""
+    newest = await db.fetch_one("SELECT max(id) AS id FROM messages")
+    if newest is None or newest["id"] is None:
+        return []  # no message yet: no table of the index either
+    top = min(before - 1, newest["id"])
+    found: list[Row] = []
+    for shard in range(top // SEARCH_SHARD, -1, -1):
+        table = search_table(shard)
+        found += await db.fetch_all(
+            f"SELECT {', '.join('m.' + c for c in MESSAGE_COLUMNS.split(', '))}"
+            f" FROM {table} JOIN messages AS m ON m.id = {table}.rowid"
+            f" WHERE {table} MATCH :query AND {table}.rowid < :before AND {READABLE}"
+            f" ORDER BY {table}.rowid DESC LIMIT :count",
+            {"query": query, "before": before, "user": user_id, "count": count - len(found)},
+        )
+        if len(found) >= count:
+            break
+    return found
+
+
+async def mark_read(db: Database, user_id: int, kind: str, target_id: int, message_id: int) -> bool:
+    """Move the user's marker of a conversation (kind public: target 0; channel: its id;
+    dm: the partner's user id) up to `message_id`; never back. True if it moved."""
+
+    def step(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
+            "INSERT INTO read_markers (user_id, kind, target_id, message_id) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, kind, target_id) DO UPDATE SET message_id = excluded.message_id"
+            " WHERE excluded.message_id > read_markers.message_id",
+            (user_id, kind, target_id, message_id),
+        )
+        return cursor.rowcount == 1
+
+    return await db.write(step)
+
+
+async def unread(db: Database, user_id: int) -> tuple[int, list[Row], list[Row]]:
+    """Messages others sent after the user's markers: in the feed; in each channel the user
+    is in now ({name, n}); in each DM conversation with a partner who still exists
+    ({username, n})."""
+    public = await db.fetch_one(
+        "SELECT count(*) AS n FROM messages WHERE kind = 'public' AND id > coalesce((SELECT"
+        " message_id FROM read_markers WHERE user_id = :user AND kind = 'public'"
+        " AND target_id = 0), 0) AND sender_id IS NOT :user",
+        {"user": user_id},
+    )
+    channels = await db.fetch_all(
+        "SELECT c.name, (SELECT count(*) FROM messages AS m WHERE m.channel_id = mb.channel_id"
+        " AND m.id > coalesce(r.message_id, 0) AND m.sender_id IS NOT :user) AS n"
+        " FROM members AS mb JOIN channels AS c ON c.id = mb.channel_id"
+        " LEFT JOIN read_markers AS r ON r.user_id = mb.user_id AND r.kind = 'channel'"
+        " AND r.target_id = mb.channel_id WHERE mb.user_id = :user ORDER BY mb.channel_id",
+        {"user": user_id},
+    )
+    dms = await db.fetch_all(
+        "SELECT u.username, count(*) AS n FROM dm_links AS d"
+        " JOIN messages AS m ON m.id = d.message_id JOIN users AS u ON u.id = d.peer_id"
+        " LEFT JOIN read_markers AS r ON r.user_id = d.user_id AND r.kind = 'dm'"
+        " AND r.target_id = d.peer_id"
+        " WHERE d.user_id = :user AND d.message_id > coalesce(r.message_id, 0)"
+        " AND m.sender_id IS NOT :user GROUP BY d.peer_id",
+        {"user": user_id},
+    )
+    return public["n"] if public else 0, channels, dms
+
+
+async def peers_of(db: Database, user_id: int) -> set[int]:
+    """The users who share a channel or DMs with the user (not the user)."""
+    rows = await db.fetch_all(
+        "SELECT o.user_id AS id FROM members AS mb"
+        " JOIN members AS o ON o.channel_id = mb.channel_id WHERE mb.user_id = ?",
+        (user_id,),
+    )
+    rows += await db.fetch_all(
+        "SELECT DISTINCT peer_id AS id FROM dm_links WHERE user_id = ?", (user_id,)
+    )
+    return {row["id"] for row in rows if row["id"] is not None} - {user_id}
 
 
 # --- Discord bridge ---------------------------------------------------------------------

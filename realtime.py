@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import socketio
@@ -31,6 +31,7 @@ SOCKETS_CLOSE_TIMEOUT = 1  # seconds a shutdown waits for sockets to finish clos
 SHUTDOWN_TIMEOUT = 5  # seconds the whole closing of sockets may take, whatever clients do
 MAX_REPLAY = 1000  # messages replayed to a socket that reconnects with last_message_id
 MAX_QUEUED = 1024 * 1024  # bytes of events a socket may leave unread before it is dropped
+MAX_TYPING_KEYS = 100_000  # (sender, conversation) pairs whose last `typing` is remembered
 # Events a client may not send: the library's own (a client sending `connect` or `disconnect`
 # as an event would run the server's handlers).
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "ping", "pong"})
@@ -111,6 +112,23 @@ def message_object(message: db.Row) -> db.Row:
     return {key: message[key] for key in MESSAGE_KEYS}
 
 
+def conversation_of(message: db.Row, user_id: int) -> tuple[str, int, str | None] | None:
+    """The conversation a message the user may read belongs to, for read markers: (kind,
+    target id, name): the feed (0, no name), its channel, or the DM partner (the user for a
+    DM to oneself). None for a `discord` message, or a DM whose partner's account is gone."""
+    kind = message["kind"]
+    if kind == "public":
+        return "public", 0, None
+    if kind == "channel":
+        return "channel", message["channel_id"], message["channel"]
+    if kind == "dm":
+        mine = message["sender_id"] == user_id
+        peer_id = message["recipient_id"] if mine else message["sender_id"]
+        peer = message["recipient"] if mine else message["sender"]
+        return None if peer_id is None else ("dm", peer_id, peer)
+    return None
+
+
 # The event a new message makes and the keys it carries, in this order, by kind (a message
 # sent to Discord, kind `discord`, makes none).
 CREATED = {
@@ -187,6 +205,31 @@ class Events:
         data = {"channel_name": channel["name"], "channel_id": channel["id"], "by": by}
         self._send(event, data, user_room(user_id))
 
+    # conversations (SPEC section 10)
+
+    def read_marker(self, user_id: int, message_id: int, kind: str, name: str | None) -> None:
+        """A marker moved: to every socket of the user (the HTTP call that moved it has
+        none of its own to leave out)."""
+        data: dict[str, Any] = {"message_id": message_id, "kind": kind}
+        if kind != "public":
+            data["channel" if kind == "channel" else "username"] = name
+        self._send("read_marker", data, user_room(user_id))
+
+    def presence(self, username: str, online: bool, user_ids: set[int]) -> None:
+        """Someone came or went: to the users given (those who share a channel or DMs)."""
+        if user_ids:
+            rooms = [user_room(user_id) for user_id in sorted(user_ids)]
+            self._send("presence", {"username": username, "online": online}, rooms)
+
+    def typing_in_channel(self, sender: str, sender_id: int, channel: db.Row) -> None:
+        """To the channel's members but the sender (none of the sender's sockets)."""
+        data = {"sender": sender, "channel": channel["name"]}
+        self._send("typing", data, channel_room(channel["id"]), skip=user_room(sender_id))
+
+    def typing_to(self, sender: str, recipient: db.Row) -> None:
+        data = {"sender": sender, "recipient": recipient["username"]}
+        self._send("typing", data, user_room(recipient["id"]))
+
     async def drop_user(self, user_id: int, message: str) -> None:
         """Tell every socket of a user why, then disconnect it."""
         for sid in self._sids(user_room(user_id)):
@@ -238,25 +281,35 @@ class Events:
 
     # how it is sent
 
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (which sends events) off the caller's path; drained at shutdown."""
+        self._track(asyncio.create_task(work))
+
     def _track(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _send(self, event: str, data: Any, room: str | list[str]) -> None:
-        """Queue an event; the HTTP response does not wait for slow clients."""
-        self._track(asyncio.create_task(self._fan_out(event, data, room)))
+    def _send(self, event: str, data: Any, room: str | list[str], skip: str | None = None) -> None:
+        """Queue an event (not to the sockets in room `skip`); the HTTP response does not
+        wait for slow clients."""
+        self._track(asyncio.create_task(self._fan_out(event, data, room, skip)))
 
     def _packet(self, event: str, data: Any) -> eio_packet.Packet:
         """The Engine.IO packet of a Socket.IO event, encoded once for every socket."""
         packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
         return eio_packet.Packet(eio_packet.MESSAGE, packet.encode())
 
-    async def _fan_out(self, event: str, data: Any, room: str | list[str]) -> None:
+    async def _fan_out(
+        self, event: str, data: Any, room: str | list[str], skip: str | None = None
+    ) -> None:
         # What AsyncServer.emit does for a room, less its task per socket (to 1000 sockets the
         # tasks cost about a sixth of the fan-out): encode the packet once, then queue it to
         # each socket in turn (an Engine.IO socket's queue never blocks).
         message = self._packet(event, data)
-        for _, eio_sid in self.sio.manager.get_participants("/", room):
+        skipped = {sid for sid, _ in self.sio.manager.get_participants("/", skip)} if skip else ()
+        for sid, eio_sid in self.sio.manager.get_participants("/", room):
+            if sid in skipped:
+                continue
             held = self._held.get(eio_sid)
             if held is not None:
                 held.append(message)
@@ -354,6 +407,100 @@ class Sessions:
         self.authenticated(eio_sid)
 
 
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """The conversation timings (SPEC section 10; tests shorten them)."""
+
+    presence_grace: float = 5.0  # seconds a user's last socket may be gone and back unseen
+    typing_interval: float = 2.0  # seconds between two `typing` relayed, per conversation
+
+
+class Presence:
+    """Who is online, in memory only (after a restart nobody is until they connect again).
+
+    A user is online from their first authenticated socket until their last one has been
+    gone `grace` seconds (a timer per user, started when the last socket goes; a socket
+    back meanwhile cancels it and nothing is sent). `presence` goes to the people who share a
+    channel or DMs with them, looked up when it changes: O(those people), never a broadcast."""
+
+    def __init__(self, events: Events, database: Callable[[], db.Database], pace: Pace) -> None:
+        self.events = events
+        self.database = database
+        self.pace = pace
+        self.users: dict[str, int] = {}  # authenticated sid: its user id
+        self.sockets: Counter[int] = Counter()  # user id: authenticated sockets
+        self.online: dict[int, str] = {}  # user id: username (their grace time included)
+        self.leaving: dict[int, asyncio.TimerHandle] = {}  # user id: the grace timer
+        self.closed = False
+        self._typed: dict[tuple[int, str, int], float] = {}  # (sender, kind, target): time
+
+    def arrived(self, sid: str, user_id: int, username: str) -> None:
+        """A socket authenticated as the user (again, or as another user)."""
+        if self.users.get(sid) == user_id:
+            return
+        self.left(sid)
+        self.users[sid] = user_id
+        self.sockets[user_id] += 1
+        if self.sockets[user_id] > 1:
+            return
+        timer = self.leaving.pop(user_id, None)
+        if timer is not None:  # back within the grace time: nobody is told anything
+            timer.cancel()
+            return
+        self.online[user_id] = username
+        self._announce(user_id, username, True)
+
+    def left(self, sid: str) -> None:
+        """A socket disconnected, or authenticated as another user."""
+        user_id = self.users.pop(sid, None)
+        if user_id is None:
+            return
+        self.sockets[user_id] -= 1
+        if self.sockets[user_id] > 0:
+            return
+        del self.sockets[user_id]
+        if not self.closed:
+            loop = asyncio.get_running_loop()
+            self.leaving[user_id] = loop.call_later(self.pace.presence_grace, self._gone, user_id)
+
+    def _gone(self, user_id: int) -> None:
+        self.leaving.pop(user_id, None)
+        username = self.online.pop(user_id, None)
+        if username is not None and not self.closed:
+            self._announce(user_id, username, False)
+
+    def _announce(self, user_id: int, username: str, online: bool) -> None:
+        async def announce() -> None:
+            peers = await db.peers_of(self.database(), user_id)
+            self.events.presence(username, online, peers)
+
+        self.events.later(announce())
+
+    async def online_peers(self, user_id: int) -> list[str]:
+        """The usernames online among the people who share a channel or DMs with the user."""
+        peers = await db.peers_of(self.database(), user_id)
+        return sorted((self.online[p] for p in peers if p in self.online), key=str.lower)
+
+    def may_type(self, sender_id: int, kind: str, target_id: int) -> bool:
+        """At most one `typing` per sender and conversation each typing_interval."""
+        now = asyncio.get_running_loop().time()
+        key = (sender_id, kind, target_id)
+        if now - self._typed.get(key, -self.pace.typing_interval) < self.pace.typing_interval:
+            return False
+        if len(self._typed) >= MAX_TYPING_KEYS:  # what is remembered stays bounded
+            since = now - self.pace.typing_interval
+            self._typed = {k: t for k, t in self._typed.items() if t > since}
+        self._typed[key] = now
+        return True
+
+    def close(self) -> None:
+        """At shutdown: no timer outlives the server."""
+        self.closed = True
+        for timer in self.leaving.values():
+            timer.cancel()
+        self.leaving.clear()
+
+
 class Sockets(socketio.AsyncNamespace):
     """The handlers of namespace "/". A socket connects with `auth` {token_api_v3,
     last_message_id?}, or without and then sends `api_v3_connect` with the same; once
@@ -367,12 +514,14 @@ class Sockets(socketio.AsyncNamespace):
         database: Callable[[], db.Database],  # opened after the handlers are made
         sign_in: SignIn,
         sessions: Sessions,
+        presence: Presence,
     ) -> None:
         super().__init__("/")
         self.events = events
         self.database = database
         self.sign_in = sign_in
         self.sessions = sessions
+        self.presence = presence
         self.addresses: dict[str, str] = {}  # sid: client address
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
@@ -415,6 +564,29 @@ class Sockets(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         self.addresses.pop(sid, None)
+        self.presence.left(sid)
+
+    async def on_typing(self, sid: str, data: Any = None) -> None:
+        """`typing` {"channel": name} or {"username": name} from an authenticated socket:
+        relayed to the channel's other members (if the sender is one) or to that user, at
+        most once per Pace.typing_interval; anything else is ignored. Nothing is stored."""
+        user_id = self.presence.users.get(sid)
+        if user_id is None or not isinstance(data, dict):
+            return
+        sender, database = (await self.get_session(sid))["username"], self.database()
+        name, username = data.get("channel"), data.get("username")
+        if isinstance(name, str) and len(name) <= 100:
+            channel = await db.channel_of_member(database, name, user_id)
+            if (
+                channel
+                and channel["member"]
+                and self.presence.may_type(user_id, "c", channel["id"])
+            ):
+                self.events.typing_in_channel(sender, user_id, channel)
+        elif isinstance(username, str) and len(username) <= 20:
+            peer = await db.user_by_name(database, username)
+            if peer and peer["id"] != user_id and self.presence.may_type(user_id, "d", peer["id"]):
+                self.events.typing_to(sender, peer)
 
     async def _register(self, sid: str, data: Any) -> list[tuple[str, Any]]:
         """Register a socket as the token's user (its live events are held back meanwhile).
@@ -439,6 +611,7 @@ class Sockets(socketio.AsyncNamespace):
         self.sessions.authenticated(self.server.manager.eio_sid_from_sid(sid, "/"))
         session = {"user_id": user["id"], "username": user["username"], "token": user["token"]}
         await self.save_session(sid, session)
+        self.presence.arrived(sid, user["id"], user["username"])
         ready = f"Server has accepted the connection and registered you as : {user['username']}"
         greeting: list[tuple[str, Any]] = [("ready", ready)]
         if last_id is not None:

@@ -184,3 +184,14 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('external_writes', 0);
+-- Read markers (SPEC section 10): how far each user has read each conversation. `kind`
+-- 'public' (target 0), 'channel' (target: the channel's id) or 'dm' (target: the partner's
+-- user id; no foreign key, as target_id names a channel or a user). A marker only moves up.
+CREATE TABLE IF NOT EXISTS read_markers (
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL CHECK (kind IN ('public', 'channel', 'dm')),
+    target_id  INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, kind, target_id)
+) WITHOUT ROWID;
+-- The full-text index (tables search_0, search_1, ...) is made by db.SearchIndex.

@@ -22,7 +22,10 @@ of 10 members, 3 with live sockets; (c) senddm: req/s, ratio to the floor, per r
 (d) fan-out: time from sendmessage to the last of 1000 sockets' new_message, p50/p99 of 50
 sends, beside the bare server (sends alternate); (e) p99 of back-to-back reads while 16
 connections log in over and over (bcrypt cost 12); (f) p50 of back-to-back reads, database of
-10k vs 1M messages; (g) the server's VmRSS idle, and per socket with 1000 idle sockets.
+10k vs 1M messages, and searchmessages there (a common word: the newest 50 of every message;
+a rare one: one match, every shard of the index walked); (g) the server's VmRSS idle, and per
+socket with 1000 idle sockets; (h) presence: from a user's first socket connecting to the last
+of the 1000 members of its channel receiving `presence`.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ SIZES = {
         "large": 1_000_000,  # (f): messages stored, large database
         "sockets": 1000,  # (d), (g)
         "sends": 50,  # (d): sendmessage calls timed
+        "presence": 5,  # (h): presence changes timed (each waits out the 5 s grace time)
         "warmup": 3,  # seconds (wrk rounds up to whole seconds)
         "run": 10,  # seconds of each throughput run
         "probe": 5,  # seconds of each latency run
@@ -76,6 +80,7 @@ SIZES = {
         "large": 10_000,
         "sockets": 200,
         "sends": 10,
+        "presence": 2,
         "warmup": 0.5,
         "run": 0.5,
         "probe": 0.5,
@@ -91,6 +96,8 @@ SERVER_ENV = {
     "BUTTONAPI_LOGIN_LIMIT_ADDR": "0",
     "BUTTONAPI_REGISTER_LIMIT_ADDR": "0",
     "BUTTONAPI_HOST": "127.0.0.1",
+    # every benchmark socket comes from 127.0.0.1, up to 32 at once being opened
+    "BUTTONAPI_UNAUTHENTICATED_SOCKETS": "64",
 }
 
 # id: (target as text, test on the figure). The figure is a ratio unless said otherwise.
@@ -205,6 +212,9 @@ def seed(path: Path, messages: int, fanout_users: int) -> dict[str, str]:
             (messages, stamp),
         )
         conn.execute("COMMIT")
+        # The full-text index, as the server would build it at its first start (not timed).
+        conn.row_factory = db._dict_row
+        db.SearchIndex().install(conn)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
@@ -498,9 +508,24 @@ class SocketWorker:
         self.events = dict.fromkeys(self.expected, 0)
         self.lost = dict.fromkeys(self.expected, 0)
         self.fanout: dict[tuple[str, str], list[float]] = {}  # (target, text): [count, last]
+        self.presence_cycles: dict[tuple[str, str], int] = {}
+        for t in spec["targets"]:
+            self.presence_cycles[(t["name"], "p1")] = self.presence_cycles[(t["name"], "p0")] = 0
 
     def event(self, target: str, name: str, args: list[Any], now: float) -> None:
         self.events[target] += 1
+        if name == "presence":  # (h): `done TARGET p<1|0>-<cycle> TIME` once all have it
+            if args[0]["username"] != "user1":  # the other sockets' own arrivals
+                return
+            key = (target, f"p{int(args[0]['online'])}")
+            seen = self.fanout.setdefault(key, [0, 0.0])
+            seen[0] += 1
+            if seen[0] == self.expected[target]:
+                cycle = self.presence_cycles[key]
+                self.presence_cycles[key] += 1
+                del self.fanout[key]
+                print(f"done {target} {key[1]}-{cycle} {now!r}", flush=True)
+            return
         if name != "new_message":
             return
         text = args[0]["message"]
@@ -840,9 +865,11 @@ async def measure_fanout(
                 else:
                     latencies[target].append((max(f.result() for f in futures) - started) * 1000)
                 await asyncio.sleep(0.1)
+    presence = await measure_presence(workers, size, real, tokens["user1"], len(specs))
     stats = await workers.stop()
     lost = {t: sum(s["lost"][t] for s in stats) for t in ("real", "bare")}
     result = {"sockets": n, "sends": size["sends"], "missing": missing, "lost_sockets": lost}
+    result["presence"] = presence
     for target in ("real", "bare"):
         ms = latencies[target]
         result[target] = {
@@ -855,6 +882,44 @@ async def measure_fanout(
             "kb_per_socket": (rss_with[target] - rss_before[target]) / n,
         }
     return result
+
+
+async def measure_presence(
+    workers: SocketWorkers, size: dict, real: Server, token: str, processes: int
+) -> dict[str, Any]:
+    """(h): user1 (in the channel of the fan-out's members) connects: the time until the last
+    of them has `presence` online; then leaves, and the time past the 5 s grace time until the
+    last has `presence` offline."""
+    import socketio
+
+    online: list[float] = []
+    offline: list[float] = []
+    grace = 5.0
+    log(f"(h) {size['presence']} presence changes of a user in a channel of the sockets")
+    for cycle in range(size["presence"]):
+        futures = workers.expect("real", f"p1-{cycle}", processes)
+        client = socketio.AsyncClient(reconnection=False)
+        started = time.monotonic()
+        await client.connect(
+            f"http://{real.address}", auth={"token_api_v3": token}, transports=["websocket"]
+        )
+        done, _ = await asyncio.wait(futures, timeout=20)
+        if len(done) == len(futures):
+            online.append((max(f.result() for f in futures) - started) * 1000)
+        futures = workers.expect("real", f"p0-{cycle}", processes)
+        await client.disconnect()
+        left = time.monotonic()
+        done, _ = await asyncio.wait(futures, timeout=grace + 20)
+        if len(done) == len(futures):
+            offline.append((max(f.result() for f in futures) - left - grace) * 1000)
+    return {
+        "changes": size["presence"],
+        "online_p50_ms": percentile(online, 50),
+        "offline_p50_ms": percentile(offline, 50),
+        "online_ms": [round(x, 2) for x in online],
+        "offline_ms_past_grace": [round(x, 2) for x in offline],
+        "missing": 2 * size["presence"] - len(online) - len(offline),
+    }
 
 
 async def measure_http(
@@ -963,11 +1028,20 @@ async def measure_sizes(
                     body(token=token, name="reads", count=50, before=random.randint(51, messages))
                     for _ in range(1000)
                 ],
+                # every seeded text ends "... about the weather.": the newest 50 of them
+                "search_common": [body(token=token, query="weath*", count=50)],
+                # each number is in one text only: one match, every shard walked
+                "search_rare": [
+                    body(token=token, query=str(random.randint(1, messages)), count=50)
+                    for _ in range(1000)
+                ],
             }
             for variant, texts in bodies.items():
                 job = {
                     "name": "probe",
-                    "path": "/api/v3/readmessagesfromchannel/",
+                    "path": "/api/v3/searchmessages/"
+                    if variant.startswith("search")
+                    else "/api/v3/readmessagesfromchannel/",
                     "bodies": texts,
                     "connections": 1,
                 }
@@ -982,7 +1056,7 @@ async def measure_sizes(
             "p99_ms": statistics.median(r["p99_ms"] for r in per_run),
             "errors": sum(r["errors"] for r in per_run),
         }
-    for variant in ("newest", "random"):
+    for variant in ("newest", "random", "search_common", "search_rare"):
         large = result[f"large_{variant}"]["p50_ms"]["median"]
         result[f"ratio_{variant}"] = large / result[f"small_{variant}"]["p50_ms"]["median"]
     return result
@@ -1041,11 +1115,20 @@ def figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
     sizes = results.get("sizes")
     if sizes:
         small, large = count(size["small"]), count(size["large"])
-        for variant, key in (("newest", "size_newest"), ("random", None)):
+        for variant, key, what in (
+            ("newest", "size_newest", "read p50, newest page"),
+            ("random", None, "read p50, random page"),
+            ("search_common", None, "search p50, a common word"),
+            ("search_rare", None, "search p50, a rare word"),
+        ):
             s = sizes[f"small_{variant}"]["p50_ms"]
             g = sizes[f"large_{variant}"]["p50_ms"]
-            row(key, f"(f) read p50, {variant} page, {large} vs {small}", g["median"], "ms",
+            row(key, f"(f) {what}, {large} vs {small}", g["median"], "ms",
                 f"{small}: {s['median']:.2f} ms", sizes[f"ratio_{variant}"], "small")  # fmt: skip
+    if fan and fan.get("presence", {}).get("online_ms"):
+        p = fan["presence"]
+        row(None, f"(h) presence fan-out to {n} channel members, p50", p["online_p50_ms"], "ms",
+            f"offline past 5 s: {p['offline_p50_ms']:.1f} ms")  # fmt: skip
     if fan:
         real, bare = fan["real"], fan["bare"]
         row("rss_idle", "(g) server RSS idle", results["rss_idle_kb"] / 1024, "MB",
@@ -1156,6 +1239,8 @@ def sanity(results: dict[str, Any]) -> list[str]:
             problems.append(f"sizes {name}: {r['errors']} requests failed")
     fan = results.get("fanout")
     if fan:
+        if fan["presence"]["missing"]:
+            problems.append(f"presence: {fan['presence']['missing']} changes not seen by all")
         for target in ("real", "bare"):
             if fan["missing"][target] or fan["lost_sockets"][target]:
                 problems.append(

@@ -35,6 +35,9 @@ const state = {
   conversationsLoaded: false, // after the first load, a newer DM found by a reload is new
   unread: new Set(), // view keys with messages not seen yet
   deleted: new Set(), // ids deleted while the page is open
+  unreadCounts: new Map(), // view key -> messages others sent that this user has not read
+  online: new Set(), // asciiLower(username) of the people online (getonline, `presence`)
+  typing: new Map(), // sender -> {key: the view key, until: ms}: who is typing where
 };
 
 const viewKey = (view) => (view.kind === "public" || view.kind === "admin"
@@ -208,6 +211,13 @@ class Realtime {
     if (this.ws) this.drop(this.ws);
   }
 
+  /** Send an event to the server, if connected (nothing is queued: typing is fleeting). */
+  emit(name, data) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && this.attempts === 0) {
+      this.ws.send(`42${JSON.stringify([name, data])}`);
+    }
+  }
+
   /** Reconnect at once if waiting to (the browser came back online, the tab became visible). */
   nudge() {
     if (this.stopped || this.ws) return;
@@ -340,6 +350,7 @@ function receive(m) {
   } else if (!isMine(m)) {
     state.unread.add(key);
   }
+  noteArrival(m, key); // unread counts, the typing line (conversations, below)
   renderSidebar();
   if (m.kind === "channel" && !state.channels.some((c) => `channel:${asciiLower(c.channel_name)}` === key)) {
     background(loadChannels);
@@ -403,9 +414,10 @@ function renderSidebar() {
     const key = button.dataset.key;
     if (key === current) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
-    button.classList.toggle("unread", state.unread.has(key));
+    button.classList.toggle("unread", state.unread.has(key) || unreadCount(key) > 0);
     button.querySelector(".badge")?.remove();
-    if (state.unread.has(key)) button.append(el("span", { className: "badge" }, "new"));
+    if (state.unread.has(key) || unreadCount(key) > 0) button.append(badge(key));
+    decorateConversation(button, key); // online dots (conversations, below)
   }
 }
 
@@ -442,6 +454,7 @@ function openView(view) {
     : view.kind === "channel" ? `# ${view.name}` : `Direct messages with ${view.name}`;
   showAdmin(false);
   $("add-user-form").hidden = view.kind !== "channel";
+  viewOpened(view); // channel tools, typing line, unread count (conversations, below)
   $("compose-text").placeholder = view.kind === "public"
     ? "Write to everyone (Enter sends, Shift+Enter adds a line)"
     : `Write to ${view.kind === "channel" ? "#" : ""}${view.name} (Enter sends, Shift+Enter adds a line)`;
@@ -470,6 +483,7 @@ async function reloadView() {
   state.hasOlder = page.length === PAGE;
   renderMessages();
   scrollToEnd();
+  markViewRead();
 }
 
 async function loadOlder() {
@@ -499,6 +513,7 @@ function messageElement(m) {
   const when = el("time", { dateTime: m.timestamp, title: new Date(m.timestamp).toLocaleString() });
   when.textContent = formatTime(m.timestamp);
   meta.append(when);
+  if (m.edited_timestamp) meta.append(editedMark(m));
   // A moderator or admin may delete anyone's public and channel messages (the server decides
   // in the end: a moderator may not delete an admin's), and ban or time out their author.
   const moderate = !mine && isModerator() && (m.kind === "public" || m.kind === "channel");
@@ -519,6 +534,7 @@ function messageElement(m) {
       meta.append(button);
     }
   }
+  if (mine) meta.append(editButton(m, item));
   item.dataset.id = String(m.id);
   return item;
 }
@@ -757,7 +773,7 @@ async function sendMessage(text) {
 
 async function refreshAll() {
   const view = state.view.kind === "admin" ? loadAudit() : reloadView();
-  await Promise.all([loadMe(), loadChannels(), loadConversations(), view]);
+  await Promise.all([loadMe(), loadChannels(), loadConversations(), view, loadPresenceAndUnread()]);
 }
 
 // --- the session ------------------------------------------------------------------------
@@ -778,7 +794,7 @@ function startSession(session) {
   localStorage.setItem(STORE, JSON.stringify(session));
   Object.assign(state, {
     channels: [], conversations: new Map(), conversationsLoaded: false, unread: new Set(), deleted: new Set(),
-    role: "member",
+    role: "member", unreadCounts: new Map(), online: new Set(), typing: new Map(),
   });
   $("my-role").textContent = "";
   $("admin-button").hidden = true;
@@ -789,7 +805,7 @@ function startSession(session) {
   $("chat-screen").hidden = false;
   for (const form of document.querySelectorAll("#auth-screen form")) form.reset();
   openView({ kind: "public", name: null });
-  background(() => Promise.all([loadMe(), loadChannels(), loadConversations()]));
+  background(() => Promise.all([loadMe(), loadChannels(), loadConversations(), loadPresenceAndUnread()]));
   connect();
   $("compose-text").focus();
 }
@@ -837,6 +853,7 @@ function setSidebarOpen(open) {
 }
 
 function wire() {
+  wireConversations();
   onSubmit("login-form", (f) => logIn(f.username.value, f.password.value));
   onSubmit("register-form", async (f) => {
     const body = { username: f.username.value, password: f.password.value };
@@ -926,6 +943,279 @@ function wire() {
   });
   window.addEventListener("storage", (event) => {
     if (event.key === STORE && !event.newValue && state.session) endSession("You logged out in another tab.");
+  });
+}
+
+// --- conversations: unread counts, presence, typing, search, edits, members (SPEC section 10) ---
+
+const TYPING_EVERY_MS = 2000; // the server relays one `typing` per 2 s; sending more is waste
+const TYPING_SHOWN_MS = 3500; // how long "… is typing…" stays without a new `typing`
+let typingSentAt = 0;
+let typingTimer = null;
+
+const unreadCount = (key) => (state.unreadCounts ? state.unreadCounts.get(key) || 0 : 0);
+
+function badge(key) {
+  const n = unreadCount(key);
+  const text = n ? String(n) : "new";
+  const node = el("span", { className: "badge" }, text);
+  node.setAttribute("aria-label", n ? `${n} unread` : "new messages");
+  return node;
+}
+
+let presenceLoads = 0; // bumps on every load: an answer overtaken by a newer one is dropped
+
+/** getunread's counts and getonline's people, as the server has them now. */
+async function loadPresenceAndUnread() {
+  const loads = (presenceLoads += 1);
+  const [unread, online] = await Promise.all([call("getunread"), call("getonline")]);
+  if (loads !== presenceLoads) return;
+  const counts = new Map();
+  if (unread.public) counts.set("public", unread.public);
+  for (const [name, n] of Object.entries(unread.channels)) counts.set(`channel:${asciiLower(name)}`, n);
+  for (const [name, n] of Object.entries(unread.dms)) counts.set(`dm:${asciiLower(name)}`, n);
+  counts.delete(viewKey(state.view)); // being read right now
+  state.unreadCounts = counts;
+  for (const key of state.unread) if (!counts.has(key)) state.unread.delete(key); // read elsewhere
+  state.online = new Set(online.online.map(asciiLower));
+  renderSidebar();
+  renderMembersDots();
+}
+
+/** A live message: counted unread unless it is one's own or shown now (then it is read). */
+function noteArrival(m, key) {
+  if (isMine(m)) return;
+  stopTyping(m.sender);
+  if (key === viewKey(state.view) && !document.hidden) markRead(m.id);
+  else state.unreadCounts.set(key, unreadCount(key) + 1);
+}
+
+function markRead(messageId) {
+  call("markread", { message_id: messageId }).catch(() => {}); // a gone message: nothing to mark
+}
+
+/** The view's newest message is read (its marker moves; the other tabs hear `read_marker`). */
+function markViewRead() {
+  state.unreadCounts.delete(viewKey(state.view));
+  renderSidebar();
+  const ids = [...state.messages.keys()];
+  if (ids.length && state.view.kind !== "admin" && !document.hidden) markRead(Math.max(...ids));
+}
+
+function decorateConversation(button, key) {
+  button.querySelector(".dot")?.remove();
+  if (!key.startsWith("dm:")) return;
+  const online = state.online && state.online.has(key.slice(3));
+  const dot = el("span", { className: online ? "dot on" : "dot" });
+  dot.setAttribute("aria-label", online ? "online" : "offline");
+  dot.setAttribute("role", "img");
+  button.prepend(dot);
+}
+
+function viewOpened(view) {
+  state.unreadCounts?.delete(viewKey(view));
+  $("channel-tools").hidden = view.kind !== "channel";
+  $("members-panel").hidden = true;
+  $("members-button").setAttribute("aria-expanded", "false");
+  renderTyping();
+}
+
+// typing: sent while composing, shown for the conversation it is about
+
+function emitTyping() {
+  const view = state.view;
+  if (!state.socket || view.kind === "public" || view.kind === "admin" || !$("compose-text").value) return;
+  const now = Date.now();
+  if (now - typingSentAt < TYPING_EVERY_MS) return;
+  typingSentAt = now;
+  state.socket.emit("typing", view.kind === "channel" ? { channel: view.name } : { username: view.name });
+}
+
+function typingKey(e) {
+  return e.channel != null ? `channel:${asciiLower(e.channel)}` : `dm:${asciiLower(e.sender)}`;
+}
+
+function stopTyping(sender) {
+  for (const [who, t] of state.typing) if (asciiLower(who) === asciiLower(sender)) state.typing.delete(who);
+  renderTyping();
+}
+
+function renderTyping() {
+  const key = viewKey(state.view);
+  const now = Date.now();
+  const names = [...state.typing].filter(([, t]) => t.key === key && t.until > now).map(([who]) => who);
+  $("typing").textContent = names.length === 0 ? ""
+    : `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`;
+  clearTimeout(typingTimer);
+  if (names.length) typingTimer = setTimeout(renderTyping, TYPING_SHOWN_MS);
+}
+
+// editing one's own message
+
+function editedMark(m) {
+  const mark = el("span", { className: "edited" }, "(edited)");
+  mark.title = `Edited ${new Date(m.edited_timestamp).toLocaleString()}`;
+  return mark;
+}
+
+function editButton(m, item) {
+  const button = el("button", { type: "button", className: "edit" }, "Edit");
+  button.setAttribute("aria-label", `Edit your message: ${m.message.slice(0, 60)}`);
+  button.addEventListener("click", () => {
+    const open = item.querySelector("form.edit-form");
+    if (open) { open.remove(); return; }
+    const box = el("textarea", { name: "message", rows: 2, maxLength: 2000, required: true });
+    box.value = m.message;
+    box.id = `edit-${m.id}`;
+    const label = el("label", { htmlFor: box.id, className: "visually-hidden" }, "Edited message");
+    const form = el("form", { className: "edit-form", method: "post" }, label, box,
+      el("div", { className: "row" }, el("button", { type: "submit" }, "Save"),
+        el("button", { type: "button", className: "cancel" }, "Cancel")));
+    form.querySelector(".cancel").addEventListener("click", () => { form.remove(); button.focus(); });
+    box.addEventListener("keydown", (event) => { // as in the compose box: Enter saves
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    onFormSubmit(form, async (f) => {
+      await call("editmessage", { message_id: m.id, message: f.message.value });
+      showEdited({ ...m, message: f.message.value, edited_timestamp: new Date().toISOString() });
+    });
+    item.append(form);
+    box.focus();
+  });
+  return button;
+}
+
+/** A message's new text (an edit, here or live): replaced where it is shown. */
+function showEdited(m) {
+  if (!state.messages.has(m.id)) return;
+  state.messages.set(m.id, { ...state.messages.get(m.id), ...m });
+  const item = $("message-list").querySelector(`li[data-id="${Number(m.id)}"]`);
+  if (item) item.replaceWith(messageElement(state.messages.get(m.id)));
+}
+
+// channel members, leaving a channel
+
+async function loadMembers() {
+  const got = await call("getchannelmembers", { name: state.view.name });
+  const me = asciiLower(state.session.username);
+  $("member-list").replaceChildren(...got.members.map((name) => {
+    const item = el("li", {}, el("span", { className: "member-name" }, name));
+    item.dataset.name = asciiLower(name);
+    if (asciiLower(name) !== me && got.creator && asciiLower(got.creator) === me) {
+      const remove = el("button", { type: "button", className: "delete" }, "Remove");
+      remove.setAttribute("aria-label", `Remove ${name} from ${got.channel_name}`);
+      remove.addEventListener("click", () => busy(remove, async () => {
+        await call("removeuserfromchannel", { name: got.channel_name, username: name });
+        showNotice(`Removed ${name} from ${got.channel_name}.`);
+        await loadMembers();
+      }));
+      item.append(remove);
+    }
+    return item;
+  }));
+  renderMembersDots();
+}
+
+function renderMembersDots() {
+  for (const item of $("member-list").children) {
+    item.querySelector(".dot")?.remove();
+    const online = state.online.has(item.dataset.name)
+      || item.dataset.name === asciiLower(state.session?.username || "");
+    const dot = el("span", { className: online ? "dot on" : "dot" });
+    dot.setAttribute("aria-label", online ? "online" : "offline");
+    dot.setAttribute("role", "img");
+    item.prepend(dot);
+  }
+}
+
+async function leaveChannel() {
+  const name = state.view.name;
+  await call("leavechannel", { name });
+  showNotice(`You left ${name}.`);
+  await loadChannels();
+  openView({ kind: "public", name: null });
+}
+
+// search
+
+async function search(query) {
+  const found = await call("searchmessages", { query, count: 50 });
+  $("search-results").hidden = false;
+  $("search-summary").textContent = found.messages.length
+    ? `${found.messages.length === 50 ? "The newest 50" : found.messages.length} message${found.messages.length === 1 ? "" : "s"} found.`
+    : "No messages found.";
+  $("search-list").replaceChildren(...found.messages.map((m) => {
+    const where = m.kind === "public" ? "Public feed" : m.kind === "channel" ? `# ${m.channel}`
+      : m.kind === "dm" ? `DM with ${peerOf(m)}` : `to Discord ${m.channel}`;
+    const button = el("button", { type: "button", className: "result" },
+      el("span", { className: "where" }, `${where} · ${m.sender}`),
+      el("span", { className: "snippet" }, m.message.length > 120 ? `${m.message.slice(0, 120)}…` : m.message));
+    button.disabled = m.kind === "discord";
+    button.addEventListener("click", () => jumpTo(m));
+    return el("li", {}, button);
+  }));
+}
+
+/** Open the conversation holding a found message and bring the message into sight. */
+async function jumpTo(m) {
+  const view = m.kind === "public" ? { kind: "public", name: null }
+    : m.kind === "channel" ? { kind: "channel", name: m.channel } : { kind: "dm", name: peerOf(m) };
+  openView(view);
+  const loads = state.loads;
+  for (let pages = 0; pages < 20 && loads === state.loads; pages += 1) {
+    const item = $("message-list").querySelector(`li[data-id="${Number(m.id)}"]`);
+    if (item) {
+      item.classList.add("found");
+      item.scrollIntoView({ block: "center" });
+      return;
+    }
+    if (state.loading) await new Promise((resolve) => setTimeout(resolve, 50));
+    else if (state.hasOlder && state.messages.size && Math.min(...state.messages.keys()) > m.id) await loadOlder();
+    else return;
+  }
+}
+
+Object.assign(EVENTS, {
+  read_marker() {
+    background(loadPresenceAndUnread); // another tab (or this one) read something: recount
+  },
+  presence(e) {
+    if (e.online) state.online.add(asciiLower(e.username));
+    else state.online.delete(asciiLower(e.username));
+    renderSidebar();
+    renderMembersDots();
+  },
+  typing(e) {
+    state.typing.set(e.sender, { key: typingKey(e), until: Date.now() + TYPING_SHOWN_MS });
+    renderTyping();
+  },
+  message_edited: (m) => showEdited(m),
+  removed_from_channel(e) {
+    if (asciiLower(e.by) !== asciiLower(state.session.username)) {
+      showNotice(`${e.by} removed you from the channel ${e.channel_name}.`);
+    }
+    background(loadChannels);
+    if (state.view.kind === "channel" && asciiLower(state.view.name) === asciiLower(e.channel_name)) {
+      openView({ kind: "public", name: null });
+    }
+  },
+});
+
+function wireConversations() {
+  onSubmit("search-form", (f) => search(f.query.value));
+  $("compose-text").addEventListener("input", emitTyping);
+  $("members-button").addEventListener("click", () => {
+    const open = $("members-panel").hidden;
+    $("members-panel").hidden = !open;
+    $("members-button").setAttribute("aria-expanded", String(open));
+    if (open) busy($("members-button"), loadMembers);
+  });
+  $("leave-button").addEventListener("click", () => busy($("leave-button"), leaveChannel));
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && state.session) markViewRead();
   });
 }
 

@@ -25,7 +25,7 @@ async def test_getchannelmembers_lists_members_in_order_of_registration(api):
     alice, bob, carol, _ = await setup_general(api)
     assert await api.post("getchannelmembers", {"token": carol, "name": "GENERAL"}) == (
         200,
-        {"channel_name": "general", "members": ["alice", "bob", "carol"]},
+        {"channel_name": "general", "members": ["alice", "bob", "carol"], "creator": "alice"},
     )
 
 
@@ -135,7 +135,7 @@ async def test_the_creator_removes_a_member_who_is_told_and_hears_nothing_more(a
     assert carol_sock.named("removed_from_channel") == []
     assert await api.post("getchannelmembers", {"token": alice, "name": "general"}) == (
         200,
-        {"channel_name": "general", "members": ["alice", "carol"]},
+        {"channel_name": "general", "members": ["alice", "carol"], "creator": "alice"},
     )
     # bob can be added back
     body = {"token": carol, "name": "general", "username": "bob"}
@@ -299,7 +299,7 @@ async def test_deleteaccount_removes_the_account_and_its_messages_text(api, sock
     assert await api.post("getchannels", {"token": alice}) == INVALID_TOKEN
     assert await api.post("getchannelmembers", {"token": bob, "name": "general"}) == (
         200,
-        {"channel_name": "general", "members": ["bob", "carol"]},
+        {"channel_name": "general", "members": ["bob", "carol"], "creator": None},
     )
     assert (await api.ok("getmessagesforeveryone", {"token": bob}))["messages"] == []
     got = await api.ok("readmessagesfromchannel", {"token": bob, "name": "general"})

@@ -760,3 +760,130 @@ async def test_new_messages_and_errors_are_announced_without_moving_the_focus(se
     await expect(alert).to_have_attribute("role", "alert")  # assertive, for errors only
     await expect(alice.alert).to_have_text("Message needs to be 1-2000 chars long!")
     await expect(box).to_be_focused()
+
+
+# --- conversations: search, unread counts, presence, typing, edits, members (SPEC 10) ------
+
+
+async def test_unread_counts_presence_typing_search_edits_and_members(server, browser):
+    """alice, away, comes back in two tabs: what is unread where (the same in both tabs), who
+    is online and typing, last week's message found by a word; then she edits, lists and
+    removes members, and leaves a channel, all in the page."""
+    alice_token, bob_token = await api_user(server, "alice"), await api_user(server, "bob")
+    await api(server, "makechannel", {"token": alice_token, "name": "general"})
+    body = {"token": alice_token, "name": "general", "username": "bob"}
+    await api(server, "addusertochannel", body)
+    weather = {"token": bob_token, "channel": "general", "message": "last week's weather report"}
+    old = await api(server, "sendmessage", weather)
+    await api(server, "senddm", {"token": bob_token, "username": "alice", "message": "psst"})
+    for text in ("one", "two"):
+        await api(
+            server, "sendmessage", {"token": bob_token, "channel": "general", "message": text}
+        )
+
+    size = {"viewport": {"width": 1100, "height": 720}}
+    alice = await Person.open(browser, server, "alice", **size)
+    await alice.log_in()
+    await alice.expect_live()
+    second = await alice.page.context.new_page()  # a second tab: the same stored session
+    await second.goto(server.url + "/")
+    tabs = [alice.page, second]
+    for tab in tabs:  # unread counts, from the server
+        general = tab.locator("#sidebar").get_by_role("button", name="# general")
+        await expect(general.locator(".badge")).to_have_text("3")
+        dm = tab.locator("#sidebar").get_by_role("button", name="bob")
+        await expect(dm.locator(".badge")).to_have_text("1")
+        await expect(dm.locator(".dot")).to_have_attribute("aria-label", "offline")
+
+    bob = await Person.open(browser, server, "bob", **size)
+    await bob.log_in()
+    await bob.expect_live()
+    for tab in tabs:  # bob came: his dot turns on, live
+        dm = tab.locator("#sidebar").get_by_role("button", name="bob")
+        await expect(dm.locator(".dot")).to_have_attribute("aria-label", "online")
+
+    # reading in one tab clears the count in both
+    await alice.open_conversation("# general")
+    for tab in tabs:
+        general = tab.locator("#sidebar").get_by_role("button", name="# general")
+        await expect(general.locator(".badge")).to_have_count(0)
+    await api(server, "sendmessage", {"token": bob_token, "channel": "general", "message": "new"})
+    await expect(alice.texts.last).to_have_text("new")
+    general2 = second.locator("#sidebar").get_by_role("button", name="# general")
+    await expect(general2.locator(".badge")).to_have_count(0)  # read in the first tab
+    await alice.screenshot("conversations-unread")
+
+    # bob types in #general: alice sees it, under the messages
+    await bob.open_conversation("# general")
+    await bob.page.get_by_label("Message", exact=True).fill("I am writ")
+    await expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+    await bob.page.get_by_label("Message", exact=True).fill("")
+
+    # search: last week's message, found by a word, opens its conversation
+    await alice.open_conversation("bob")
+    await alice.submit("search-form", "Search messages", "weath*")
+    await expect(alice.page.locator("#search-summary")).to_have_text("1 message found.")
+    await alice.page.locator("#search-list").get_by_role("button").click()
+    await expect(alice.page.locator("#view-title")).to_have_text("# general")
+    await expect(alice.page.locator(f'#message-list li[data-id="{old["id"]}"]')).to_have_class(
+        re.compile(r"\bfound\b")
+    )
+
+    # editing her own message: the new text and an "edited" mark, for bob too
+    await alice.send("helo all")
+    await alice.message("helo all").get_by_role("button", name="Edit").click()
+    await alice.page.get_by_label("Edited message").fill("hello all")
+    await alice.page.get_by_label("Edited message").press("Enter")
+    for person in (alice, bob):
+        item = person.message("hello all")
+        await expect(item.locator(".edited")).to_have_text("(edited)")
+    await expect(bob.message("helo all")).to_have_count(0)
+
+    # members, with a dot each; the creator removes bob, who is told and moved out
+    await alice.page.get_by_role("button", name="Members").click()
+    members = alice.page.locator("#member-list li")
+    await expect(members).to_have_count(2)
+    await expect(members.locator(".dot.on")).to_have_count(2)
+    await alice.screenshot("conversations-members")
+    await bob.page.get_by_role("button", name="Members").click()  # not the creator: no Remove
+    await expect(bob.page.locator("#member-list li")).to_have_count(2)
+    await expect(bob.page.locator("#member-list").get_by_role("button")).to_have_count(0)
+    await alice.page.get_by_role("button", name="Remove bob from general").click()
+    await expect(alice.page.locator("#notice-text")).to_have_text("Removed bob from general.")
+    await expect(bob.page.locator("#notice-text")).to_have_text(
+        "alice removed you from the channel general."
+    )
+    await expect(bob.page.locator("#view-title")).to_have_text("Public feed")
+    await expect(bob.page.locator("#channel-list li")).to_have_count(0)
+
+    # leaving: the channel goes from her list (and from the other tab's at the next load)
+    await alice.page.get_by_role("button", name="Leave channel").click()
+    await expect(alice.page.locator("#notice-text")).to_have_text("You left general.")
+    await expect(alice.page.locator("#channel-list li")).to_have_count(0)
+    await expect(alice.page.locator("#view-title")).to_have_text("Public feed")
+    for person in (alice, bob):
+        await person.check_clean()
+
+
+async def test_the_conversation_tools_fit_a_phone_sized_screen(server, browser):
+    token = await api_user(server, "bob")
+    await api(server, "senddcmsgwithtoken", {"token": token, "message": "phones are small"})
+    phone = {"viewport": {"width": 390, "height": 760}, "is_mobile": True, "has_touch": True}
+    alice = await Person.open(browser, server, "alice", **phone)
+    page = alice.page
+    await alice.register()
+    await alice.expect_live()
+    await page.get_by_role("button", name="Menu").click()
+    await alice.submit("search-form", "Search messages", "phones")
+    await expect(page.locator("#search-summary")).to_have_text("1 message found.")
+    assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    await page.locator("#search-list").get_by_role("button").click()
+    await expect(page.locator("#view-title")).to_have_text("Public feed")
+    await expect(page.locator("#sidebar")).to_be_hidden()
+    await page.get_by_role("button", name="Menu").click()
+    await alice.submit("channel-form", "New channel", "pocket")
+    await page.get_by_role("button", name="Members").click()
+    await expect(page.locator("#member-list li")).to_have_count(1)
+    assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    await alice.screenshot("conversations-phone")
+    await alice.check_clean()
