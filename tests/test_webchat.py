@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import PASSWORD, UUID4_RE
+from helpers import PASSWORD, UUID4_RE, Sock
 from playwright.async_api import async_playwright, expect
 
 from buttonapi import create_app
@@ -773,6 +773,20 @@ async def test_new_messages_and_errors_are_announced_without_moving_the_focus(se
     await expect(alert).to_have_attribute("role", "alert")  # assertive, for errors only
     await expect(alice.alert).to_have_text("Message needs to be 1-2000 chars long!")
     await expect(box).to_be_focused()
+    await alice.page.get_by_role("button", name="Dismiss").click()
+    # typing: bob's socket types to alice while her DM with him is open
+    await api(server, "senddm", {"token": bob_token, "username": "alice", "message": "hi"})
+    await alice.open_conversation("bob")
+    await box.focus()
+    bob = Sock(server.url + "/")
+    await bob.connect({"token_api_v3": bob_token})
+    await bob.next("ready")
+    typing = alice.page.locator("#typing")
+    await expect(typing).to_have_attribute("aria-live", "polite")
+    await bob.client.emit("typing", {"username": "alice"})
+    await expect(typing).to_have_text("bob is typing…")
+    await expect(box).to_be_focused()
+    await bob.close()
 
 
 # --- conversations: search, unread counts, presence, typing, edits, members (SPEC 10) ------
