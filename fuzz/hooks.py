@@ -23,7 +23,7 @@ front door (the token, the password check, the role check, the lookup of a name 
   `leavechannel` a fresh channel; `removeuserfromchannel` PEER from a fresh channel;
   `deletemessage` a fresh message; linkchannel and unlinkchannel the fake Discord's free
   channel. The operations that act on a user (RULES with a target: ban, timeout, setrole...)
-  name one of a few victims. And `_guard` runs on every case, whoever chose its values
+  name one of a few victims (`unbanuser` one the hooks just banned). And `_guard` runs on every case, whoever chose its values
   (schemathesis also reuses values it saw in earlier answers): it never lets a case ban,
   time out, demote or remove an identity of the run, revoke its token, take ROOM's members or
   link, or count wrong passwords against its name.
@@ -297,6 +297,8 @@ def _fill_names(world: World, name: str, body: dict, pick: int) -> None:
         if name in ACTS_ON_USER:  # a moderation: never an identity of the run
             if username not in world.users or world.protected(username):
                 body["username"] = world.victim(pick >> 12)
+            if name == "unbanuser":  # a victim under a ban, so the case has one to lift
+                world.call("banuser", {"token": world.admin_token(), "username": body["username"]})
         elif username not in world.users:
             body["username"] = PEER["username"]
     for field in ("name", "channel"):
