@@ -23,10 +23,10 @@ front door (the token, the password check, the role check, the lookup of a name 
   `leavechannel` a fresh channel; `removeuserfromchannel` PEER from a fresh channel;
   `deletemessage` a fresh message; linkchannel and unlinkchannel the fake Discord's free
   channel. The operations that act on a user (RULES with a target: ban, timeout, setrole...)
-  name one of a few victims (`unbanuser` one the hooks just banned). And `_guard` runs on every case, whoever chose its values
-  (schemathesis also reuses values it saw in earlier answers): it never lets a case ban,
-  time out, demote or remove an identity of the run, revoke its token, take ROOM's members or
-  link, or count wrong passwords against its name.
+  name one of a few victims (`unbanuser` one the hooks just banned). And `_guard` runs on
+  every case, whoever chose its values (schemathesis also reuses values it saw in earlier
+  answers): it never lets a case ban, time out, demote or remove an identity of the run,
+  revoke its token, take ROOM's members or link, or count wrong passwords against its name.
 - JSON Schema cannot tell `2.0` from `2` (one number in its data model), but the contract
   accepts only the integer spelling (SPEC section 1: floats are invalid, 400) and schemathesis
   deliberately spells some integers as whole floats. Whole floats are written back as
