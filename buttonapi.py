@@ -42,7 +42,6 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import access_logger
-from confusable_homoglyphs import categories, confusables
 
 import bot
 import db
@@ -431,8 +430,23 @@ def _has_control_or_space(text: str) -> bool:
     return any(renders_blank(ch) or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
+@functools.cache
+def _confusables_data() -> tuple[Any, Any]:
+    """Unicode's confusables data (confusable-homoglyphs), loaded the first time a new name
+    mixes scripts: about 17 MB that an idle server does without."""
+    from confusable_homoglyphs import categories, confusables
+
+    return categories, confusables
+
+
+def _script(letter: str) -> str:
+    """A letter's script as its Unicode name begins: LATIN, CYRILLIC, GREEK, ..."""
+    return unicodedata.name(letter, "").split(" ", 1)[0]
+
+
 def _lookalike_scripts(ch: str) -> set[str]:
     """The scripts (of LOOKALIKE_SCRIPTS) in which `ch` has a basic look-alike letter."""
+    categories, confusables = _confusables_data()
     found = confusables.is_confusable(ch, greedy=True, preferred_aliases=[]) or []
     glyphs = [g["c"] for f in found for g in f["homoglyphs"] if len(g["c"]) == 1]
     return {categories.alias(g) for g in glyphs if ord(g) < 0x500} & LOOKALIKE_SCRIPTS
@@ -444,7 +458,7 @@ def mixes_lookalike_scripts(name: str) -> bool:
     a look-alike in that script, so the name passes for a single-script one (`victіm` with a
     Cyrillic і). `Ωmega` or `ωx` impersonate nothing and are accepted."""
     name = unicodedata.normalize("NFKC", name)
-    letters = {ch: categories.alias(ch) for ch in name if ch.isalpha()}
+    letters = {ch: _script(ch) for ch in name if ch.isalpha()}
     letters = {ch: script for ch, script in letters.items() if script in LOOKALIKE_SCRIPTS}
     scripts = set(letters.values())
     if len(scripts) < 2:
