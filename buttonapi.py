@@ -1518,7 +1518,9 @@ def add_web_chat(app: web.Application) -> None:
 
 def as_handler(func: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await func(request, await read_body(request))
+        body = await read_body(request)
+        request.app[db_key].check_external_once()  # the command line's writes, seen now
+        return await func(request, body)
 
     return handler
 

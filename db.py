@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import hashlib
 import heapq
@@ -83,6 +84,11 @@ MIGRATIONS: dict[int, tuple[str, str]] = {
 }
 
 Row = dict[str, Any]
+# Set in an HTTP request's own task once it has checked for the command line's writes
+# (Database.check_external_once); every other task (sockets, the bot) checks at each lookup.
+_CHECKED_THIS_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "checked_this_request", default=False
+)
 WriteStep = Callable[[sqlite3.Connection], Any]
 
 
@@ -467,6 +473,12 @@ class Database:
         self._wake.set()
         return await future
 
+    def check_external_once(self) -> None:
+        """At the start of an HTTP request: check now, and let the request's later lookups
+        skip the check (one PRAGMA per request instead of one per cache lookup)."""
+        self.check_external()
+        _CHECKED_THIS_REQUEST.set(True)
+
     def check_external(self) -> None:
         """Before a cache serves a lookup: if another process (the command line) committed
         since the last check, forget every cache (its writes fire none of our triggers).
@@ -477,6 +489,8 @@ class Database:
         Both are read on the loop: the pragma only compares the WAL index in shared memory,
         and the counter's one page is read only after a commit. `external_changes` counts
         the checks that found another process's writes."""
+        if _CHECKED_THIS_REQUEST.get():  # checked when this request started
+            return
         ((version,),) = self.monitor.execute("PRAGMA data_version").fetchall()
         if version == self._data_version:
             return
