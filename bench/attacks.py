@@ -52,6 +52,8 @@ from typing import Any
 
 import aiohttp
 
+from bench import client_frame  # bench/ is on sys.path when this script runs
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "Passw0rd!"
 MESSAGE_LENGTH = 2000
@@ -264,21 +266,6 @@ def upgrade_request(port: int) -> bytes:
         f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
-
-
-def client_frame(payload: bytes, opcode: int = 1) -> bytes:
-    """A client frame: FIN, masked (RFC 6455 wants a client's frames masked)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 class Frames:

@@ -140,6 +140,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def client_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A client frame: FIN, masked (RFC 6455 wants a client's frames masked)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of a process, from /proc/PID/status (VmRSS, in KiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -472,19 +487,7 @@ class SocketClient(asyncio.Protocol):
             self.worker.event(self.target, name, args, now)
 
     def send_frame(self, opcode: int, payload: bytes) -> None:
-        """A client frame: FIN, masked (RFC 6455 wants a client's frames masked)."""
-        mask = os.urandom(4)
-        n = len(payload)
-        head = bytes([0x80 | opcode])
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
-        self.transport.write(head + mask + masked)
+        self.transport.write(client_frame(payload, opcode))
 
     def fail(self, why: str) -> None:
         if not self.connected.done():
