@@ -27,6 +27,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 import unicodedata
 import uuid
@@ -41,7 +42,6 @@ import socketio
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.log import access_logger
 
 import bot
 import db
@@ -245,9 +245,9 @@ def ok(message: str, status: int = 200, **extra: Any) -> web.Response:
     return web.json_response({"message": message, **extra}, status=status)
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes the contract's JSON error; causes go to the log, not the client."""
+async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer; every failure becomes the contract's JSON error (causes go to
+    the log, not the client)."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -262,31 +262,40 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, INTERNAL_ERROR)
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Let browser pages of the configured origins call the API (preflight included)."""
-    if request.path.startswith("/socket.io"):
-        return await handler(request)  # Engine.IO answers CORS itself
+def allowed_origin(request: web.Request) -> str | None:
+    """The Access-Control-Allow-Origin of the answer: "*", the caller's configured origin,
+    or None (no CORS header)."""
     origins = request.app[config_key].cors_origins
-    origin = request.headers.get("Origin")
     if origins.strip() == "*":
-        allow = "*"
-    elif origin and origin in {o.strip() for o in origins.split(",")}:
-        allow = origin
-    else:
-        allow = None
+        return "*"
+    origin = request.headers.get("Origin")
+    if origin and origin in {o.strip() for o in origins.split(",")}:
+        return origin
+    return None
+
+
+def preflight(request: web.Request, exception: web.HTTPMethodNotAllowed) -> web.Response:
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = ", ".join(sorted(exception.allowed_methods))
+    response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+        "Access-Control-Request-Headers", "Content-Type"
+    )
+    response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware (each layer costs every request): `answer`'s errors, and CORS for
+    browser pages of the configured origins (preflight included)."""
+    if request.path.startswith("/socket.io"):
+        return await answer(request, handler)  # Engine.IO answers CORS itself
+    allow = allowed_origin(request)
     exception = request.match_info.http_exception
     if request.method == "OPTIONS" and isinstance(exception, web.HTTPMethodNotAllowed):
-        response: web.StreamResponse = web.Response(status=204)
-        response.headers["Access-Control-Allow-Methods"] = ", ".join(
-            sorted(exception.allowed_methods)
-        )
-        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
-            "Access-Control-Request-Headers", "Content-Type"
-        )
-        response.headers["Access-Control-Max-Age"] = "86400"
+        response = preflight(request, exception)
     else:
-        response = await handler(request)
+        response = await answer(request, handler)
     if allow is not None:
         response.headers["Access-Control-Allow-Origin"] = allow
         if allow != "*":
@@ -376,18 +385,22 @@ def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, An
     return obj
 
 
+BODY_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_object_without_duplicate_keys
+)
+
+
 async def read_body(request: web.Request) -> dict[str, Any]:
+    if request.content.is_eof():  # the whole body came with the headers (the usual case)
+        raw = await request.read()  # over client_max_size: 413
+    else:
+        try:
+            async with asyncio.timeout(request.app[config_key].request_timeout):
+                raw = await request.read()
+        except TimeoutError:  # a client that sends its body slowly holds nothing for long
+            raise web.HTTPRequestTimeout() from None
     try:
-        async with asyncio.timeout(request.app[config_key].request_timeout):
-            raw = await request.read()  # over client_max_size: 413
-    except TimeoutError:  # a client that sends its body slowly holds nothing for long
-        raise web.HTTPRequestTimeout() from None
-    try:
-        body = json.loads(
-            raw.decode("utf-8"),
-            parse_constant=_reject_constant,
-            object_pairs_hook=_object_without_duplicate_keys,
-        )
+        body = BODY_DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurd nesting or numbers
         raise ApiError(400, BAD_BODY) from None
     if not isinstance(body, dict):
@@ -1519,7 +1532,6 @@ def add_web_chat(app: web.Application) -> None:
 def as_handler(func: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await read_body(request)
-        request.app[db_key].check_external_once()  # the command line's writes, seen now
         return await func(request, body)
 
     return handler
@@ -1594,7 +1606,9 @@ def add_sockets(app: web.Application) -> None:
     """Socket.IO on the app: its server, the events it sends and the socket handlers."""
     config = app[config_key]
     sessions = realtime.Sessions(config.max_sockets, config.unauthenticated_sockets)
-    sio = realtime.socket_server(app, config.cors_origins, MAX_BODY, sessions, client_address)
+    sio = realtime.socket_server(
+        app, config.cors_origins, MAX_BODY, sessions, client_address, app[transports_key]
+    )
     events = realtime.Events(sio, app[transports_key])
     sign_in = functools.partial(socket_sign_in, app)
     presence = realtime.Presence(events, lambda: app[db_key], app[pace_key])
@@ -1675,7 +1689,7 @@ async def create_app(
     transports = realtime.OpenTransports()
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[transports.middleware, cors_middleware, errors_middleware],
+        middlewares=[middleware],
     )
     if config.metrics_port:
         app[metrics_key] = metrics.Metrics(metric_sources(app))
@@ -1694,33 +1708,108 @@ async def create_app(
     return app
 
 
-class LeanAccessLog(AbstractAccessLogger):
-    """One short line per request, made from the fields at hand: aiohttp's own access logger
-    interprets its format string and builds a dict of extra fields for every request, and its
-    default line carries a second timestamp. The line is written off the loop (`main`)."""
+class AccessLines:
+    """The access log: one line per request. The loop only appends the request's fields to a
+    deque (no formatting, no log record); a thread formats the waiting lines and writes them
+    in one call every `PERIOD` seconds, in the layout of every other log line. At most `cap`
+    lines wait: past that (a disk slower than a flood) lines are dropped and counted."""
 
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        version = request.version
-        self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %s %s %.6fs "%s"', request.remote, request.method,
-            request.path_qs, version.major, version.minor, response.status, response.body_length,
-            time, request.headers.get("User-Agent", "-"),
-        )  # fmt: skip
+    PERIOD = 0.1
+
+    def __init__(self, stream: Any, cap: int = 100_000) -> None:
+        self.stream = stream
+        self.cap = cap
+        self.waiting: deque[tuple] = deque()
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="buttonapi-access-log")
+        self._second = (-1, "")  # the last second formatted, and its text
+
+    def add(self, line: tuple) -> None:
+        if len(self.waiting) < self.cap:
+            self.waiting.append(line)
+        else:
+            self.dropped += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.PERIOD):
+            self.write()
+        self.write()
+
+    def _stamp(self, at: float) -> str:
+        """`asctime` as logging's default formatter writes it (local time, milliseconds)."""
+        second = int(at)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        return f"{self._second[1]},{int((at - second) * 1000):03d}"
+
+    def write(self) -> None:
+        lines = []
+        while self.waiting:
+            at, remote, method, path, version, status, size, seconds, agent = self.waiting.popleft()
+            lines.append(
+                f'{self._stamp(at)} INFO aiohttp.access: {remote} "{method} {path} HTTP/'
+                f'{version.major}.{version.minor}" {status} {size} {seconds:.6f}s "{agent}"\n'
+            )
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            lines.append(
+                f"{self._stamp(time.time())} WARNING aiohttp.access: {dropped} lines"
+                " dropped (the log could not be written fast enough)\n"
+            )
+        if lines:
+            with contextlib.suppress(OSError, ValueError):  # a closed stream: nothing to do
+                self.stream.write("".join(lines))
+                self.stream.flush()
+
+
+class LeanAccessLog(AbstractAccessLogger):
+    """aiohttp's hook for the access log, handing each request's fields to `AccessLines`
+    (run_app passes it as the "logger"): aiohttp's own access logger interprets a format
+    string and builds a log record with a dict of extra fields for every request."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
+        self.logger.add((  # type: ignore[attr-defined]
+            time.time(), request.remote, request.method, request.raw_path, request.version,
+            response.status, response.body_length, seconds,
+            request.headers.get("User-Agent", "-"),
+        ))  # fmt: skip
+
+
+class RecordQueue(logging.handlers.QueueHandler):
+    """QueueHandler without its `prepare`, which formats the record in the caller's thread
+    (for pickling, which a queue between threads does not need): the thread formats it."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
 
 
 @contextlib.contextmanager
-def logging_off_the_loop() -> Iterator[None]:
+def logging_off_the_loop(access_log: bool) -> Iterator[AccessLines | None]:
     """Every log line is handed to a thread that formats and writes it: a slow terminal or
-    disk, or a flood of access lines, never holds the event loop."""
+    disk, or a flood of access lines, never holds the event loop. Yields the access log's
+    lines (None when it is off)."""
     root = logging.getLogger()
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = logging.handlers.QueueListener(lines, *root.handlers, respect_handler_level=True)
-    root.handlers = [logging.handlers.QueueHandler(lines)]
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(records, *root.handlers, respect_handler_level=True)
+    root.handlers = [RecordQueue(records)]
+    access = AccessLines(sys.stderr) if access_log else None
     writer.start()
+    if access:
+        access.start()
     try:
-        yield
+        yield access
     finally:
-        writer.stop()  # writes what is queued
+        if access:
+            access.stop()  # writes what is waiting
+        writer.stop()
         root.handlers = list(writer.handlers)
 
 
@@ -1961,7 +2050,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("aiohttp.server").addFilter(OneLine(HttpProcessingError))
     logging.getLogger("discord.client").addFilter(OneLine(OSError, aiohttp.ClientError))
     started = time.monotonic()
-    with logging_off_the_loop():
+    with logging_off_the_loop(bool(config.access_log)) as access_lines:
         try:
             web.run_app(
                 create_served_app(config, metrics_sock),
@@ -1969,12 +2058,13 @@ def main(argv: list[str] | None = None) -> None:
                 shutdown_timeout=10,
                 keepalive_timeout=config.request_timeout,  # also bounds the wait for headers
                 print=lambda _: log.info("%s", start_line(config)),
-                access_log=access_logger if config.access_log else None,
+                access_log=access_lines,  # type: ignore[arg-type]  # LeanAccessLog's "logger"
                 access_log_class=LeanAccessLog,
             )
         except db.CannotOpen as exc:  # found only on opening (refused by the OS or SQLite)
             parser.error(str(exc))
-        log.info("buttonapi %s stopped after %d s", VERSION, time.monotonic() - started)
+    # after every waiting log line is out, so that this is the last
+    log.info("buttonapi %s stopped after %d s", VERSION, time.monotonic() - started)
 
 
 if __name__ == "__main__":

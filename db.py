@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import enum
 import hashlib
 import heapq
@@ -84,11 +83,6 @@ MIGRATIONS: dict[int, tuple[str, str]] = {
 }
 
 Row = dict[str, Any]
-# Set in an HTTP request's own task once it has checked for the command line's writes
-# (Database.check_external_once); every other task (sockets, the bot) checks at each lookup.
-_CHECKED_THIS_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "checked_this_request", default=False
-)
 WriteStep = Callable[[sqlite3.Connection], Any]
 
 
@@ -220,6 +214,8 @@ class Caches:
     - `memberships`: channel_of_member's memberships found ((lower-cased name, user id):
       channel). Only a removal can make one wrong: every key goes when a member or a user is
       deleted or a user changes.
+    - `channel_lists`: channels_of's lists (user id: rows); a user's key goes when one of
+      their memberships is added or removed, every key when a channel or a user changes.
     - `pages`: each channel's newest page (readmessagesfromchannel with no `before` or
       `after`, the read every client makes), encoded (channel id: {count: bytes}); a channel's
       key goes when one of its messages is inserted, edited or deleted.
@@ -229,7 +225,9 @@ class Caches:
     def __init__(self) -> None:
         self.tokens = Cache(TOKEN_CACHE_SIZE)
         self.memberships = Cache(MEMBERSHIP_CACHE_SIZE)
+        self.channel_lists = Cache(TOKEN_CACHE_SIZE)
         self.pages = Cache(MAX_PAGE_CHANNELS)
+        self.all = (self.tokens, self.memberships, self.channel_lists, self.pages)
 
     def install(self, conn: sqlite3.Connection) -> None:
         """On the writer's thread: the triggers (TEMP: this connection's own, made at each
@@ -237,10 +235,20 @@ class Caches:
         conn.create_function("users_changed", 0, self._users_changed)
         conn.create_function("members_changed", 0, self.memberships.changed)
         conn.create_function("channel_changed", 1, self.pages.changed)
+        conn.create_function("channel_list_changed", 1, self.channel_lists.changed)
         conn.execute(
             "CREATE TEMP TRIGGER members_delete AFTER DELETE ON members"
-            " BEGIN SELECT members_changed(); END"
+            " BEGIN SELECT members_changed(), channel_list_changed(OLD.user_id); END"
         )
+        conn.execute(
+            "CREATE TEMP TRIGGER members_insert AFTER INSERT ON members"
+            " BEGIN SELECT channel_list_changed(NEW.user_id); END"
+        )
+        for event in ("UPDATE", "DELETE"):
+            conn.execute(
+                f"CREATE TEMP TRIGGER channels_{event.lower()} AFTER {event} ON channels"
+                " BEGIN SELECT channel_list_changed(NULL); END"
+            )
         for event in ("UPDATE", "DELETE"):
             conn.execute(
                 f"CREATE TEMP TRIGGER users_{event.lower()} AFTER {event} ON users"
@@ -261,16 +269,17 @@ class Caches:
     def _users_changed(self) -> None:
         self.tokens.changed()
         self.memberships.changed()
+        self.channel_lists.changed()
 
     def flush(self) -> None:
         """After a commit, on the loop: what the batch changed is forgotten."""
-        for cache in (self.tokens, self.memberships, self.pages):
+        for cache in self.all:
             cache.flush()
 
     def flush_all(self) -> None:
         """Forget everything kept. For writes the triggers do not see: another process's
         (the command line's; see Database.check_external)."""
-        for cache in (self.tokens, self.memberships, self.pages):
+        for cache in self.all:
             cache.forget_all()
 
 
@@ -434,6 +443,7 @@ class Database:
         self.writer = writer
         self.reader = reader
         self.monitor = monitor  # on the loop: has another process committed? (check_external)
+        self._checked = False  # check_external ran in this turn of the event loop
         self.external = external  # this is the command line: its commits say so (meta)
         self._data_version = -1
         self._external_writes = -1
@@ -473,15 +483,14 @@ class Database:
         self._wake.set()
         return await future
 
-    def check_external_once(self) -> None:
-        """At the start of an HTTP request: check now, and let the request's later lookups
-        skip the check (one PRAGMA per request instead of one per cache lookup)."""
-        self.check_external()
-        _CHECKED_THIS_REQUEST.set(True)
-
     def check_external(self) -> None:
         """Before a cache serves a lookup: if another process (the command line) committed
         since the last check, forget every cache (its writes fire none of our triggers).
+
+        Once per turn of the event loop: every lookup of the turn is of a request or packet
+        whose bytes were read before the turn began, so one check made during the turn is
+        at least as new as all of them (one PRAGMA per turn, not one per lookup: sqlite3 lets
+        go of the GIL for it, and the loop waits to get it back).
 
         `PRAGMA data_version` on the monitor connection moves when any other connection
         commits, the server's own writer included; the `external_writes` counter, which only
@@ -489,8 +498,10 @@ class Database:
         Both are read on the loop: the pragma only compares the WAL index in shared memory,
         and the counter's one page is read only after a commit. `external_changes` counts
         the checks that found another process's writes."""
-        if _CHECKED_THIS_REQUEST.get():  # checked when this request started
+        if self._checked:
             return
+        self._checked = True
+        asyncio.get_running_loop().call_soon(self._next_turn)  # runs in the next turn
         ((version,),) = self.monitor.execute("PRAGMA data_version").fetchall()
         if version == self._data_version:
             return
@@ -505,6 +516,9 @@ class Database:
         if not first:
             self.external_changes += 1
             log.info("the database was changed by another process: caches forgotten")
+
+    def _next_turn(self) -> None:
+        self._checked = False
 
     async def fetch_one(self, sql: str, params: tuple = ()) -> Row | None:
         """The row of a query that has at most one (a unique key, or LIMIT 1)."""
@@ -1033,11 +1047,20 @@ async def add_member(db: Database, channel_id: int, user_id: int) -> bool:
 
 
 async def channels_of(db: Database, user_id: int) -> list[Row]:
-    return await db.fetch_all(
-        "SELECT c.name AS channel_name, c.id AS channel_id FROM members AS m"
-        " JOIN channels AS c ON c.id = m.channel_id WHERE m.user_id = ? ORDER BY m.channel_id",
-        (user_id,),
-    )
+    """The user's channels by id, from memory until one of them changes (Caches); the rows
+    are shared: read them, do not change them."""
+    db.check_external()
+    channel_lists = db.caches.channel_lists
+    channels = channel_lists.get(user_id)
+    if channels is None:
+        version = channel_lists.version()
+        channels = await db.fetch_all(
+            "SELECT c.name AS channel_name, c.id AS channel_id FROM members AS m JOIN"
+            " channels AS c ON c.id = m.channel_id WHERE m.user_id = ? ORDER BY m.channel_id",
+            (user_id,),
+        )
+        channel_lists.keep(user_id, channels, version)
+    return list(channels)
 
 
 async def channel_creator(db: Database, channel_id: int) -> int | None:

@@ -684,8 +684,10 @@ def socket_server(
     max_body: int,
     sessions: Sessions,
     address: Callable[[web.Request], str],
+    transports: OpenTransports,
 ) -> socketio.AsyncServer:
-    """A Socket.IO server attached to the app (its handlers are registered apart)."""
+    """A Socket.IO server attached to the app (its handlers are registered apart); every
+    Engine.IO request is counted in `transports` while it runs."""
     origins = cors_origins.strip()
     sio = SocketServer(
         async_mode="aiohttp",
@@ -696,7 +698,13 @@ def socket_server(
         max_http_buffer_size=max_body,  # a bigger packet closes the connection
         async_handlers=False,  # one socket's packets one at a time (see Sockets)
     )
-    sio.attach(app)
+
+    async def engineio(request: web.Request) -> web.StreamResponse:
+        with transports.open(request):
+            return await sio.handle_request(request)
+
+    for method in ("GET", "POST", "OPTIONS"):  # what sio.attach(app) would add, counted
+        app.router.add_route(method, "/socket.io/", engineio)
     sio.eio.create_queue = ByteQueue
     sio_connect = sio.eio.handlers["connect"]
     sio_disconnect = sio.eio.handlers["disconnect"]
@@ -742,14 +750,6 @@ class OpenTransports:
             del self.requests[id(request)]
             if not self.requests:
                 self.idle.set()
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Count every Engine.IO request while it runs."""
-        if not request.path.startswith("/socket.io"):
-            return await handler(request)
-        with self.open(request):
-            return await handler(request)
 
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
