@@ -384,22 +384,29 @@ class SearchIndex:
         """Inside the batch's transaction: index what came, unindex what went, and rewrite
         each shard a text left. True when one did (the WAL is to be scrubbed too)."""
         rewrite = set()
+        added: dict[str, list[tuple[int, str]]] = {}  # table: texts, in one call each
         for message_id, old, new in self._todo:
             table = self._table(conn, message_id // SEARCH_SHARD)
             if old is not None:
+                self._add(conn, added)  # what came before goes in first, in order
                 conn.execute(
                     f"INSERT INTO {table} ({table}, rowid, message) VALUES ('delete', ?, ?)",
                     (message_id, old),
                 )
                 rewrite.add(table)
             if new is not None:
-                conn.execute(
-                    f"INSERT INTO {table} (rowid, message) VALUES (?, ?)", (message_id, new)
-                )
+                added.setdefault(table, []).append((message_id, new))
+        self._add(conn, added)
         self._todo.clear()
         for table in rewrite:  # every segment merged into one: the old words are gone
             conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
         return bool(rewrite)
+
+    @staticmethod
+    def _add(conn: sqlite3.Connection, added: dict[str, list[tuple[int, str]]]) -> None:
+        for table, rows in added.items():
+            conn.executemany(f"INSERT INTO {table} (rowid, message) VALUES (?, ?)", rows)
+        added.clear()
 
     def rolled_back(self, conn: sqlite3.Connection) -> None:
         """A batch failed: shards it created are gone again."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
@@ -252,7 +253,7 @@ class Events:
         """One event to one socket, now (an answer to what it sent)."""
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         if eio_sid is not None:
-            await self._deliver(eio_sid, self._packet(event, data))
+            self._deliver(eio_sid, self._packet(event, data))
 
     # greeting a socket
 
@@ -269,9 +270,9 @@ class Events:
             return
         try:
             for event, data in greeting:
-                await self._deliver(eio_sid, self._packet(event, data))
+                self._deliver(eio_sid, self._packet(event, data))
             while held := self._held.get(eio_sid):
-                await self._deliver(eio_sid, held.pop(0))
+                self._deliver(eio_sid, held.pop(0))
         finally:
             self._held.pop(eio_sid, None)
 
@@ -290,21 +291,21 @@ class Events:
         task.add_done_callback(self._tasks.discard)
 
     def _send(self, event: str, data: Any, room: str | list[str], skip: str | None = None) -> None:
-        """Queue an event (not to the sockets in room `skip`); the HTTP response does not
-        wait for slow clients."""
-        self._track(asyncio.create_task(self._fan_out(event, data, room, skip)))
+        """Queue an event (not to the sockets in room `skip`), from the loop's next turn: the
+        HTTP response is not held up by it, nor waits for slow clients."""
+        asyncio.get_running_loop().call_soon(self._fan_out, event, data, room, skip)
 
     def _packet(self, event: str, data: Any) -> eio_packet.Packet:
         """The Engine.IO packet of a Socket.IO event, encoded once for every socket."""
         packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
         return eio_packet.Packet(eio_packet.MESSAGE, packet.encode())
 
-    async def _fan_out(
+    def _fan_out(
         self, event: str, data: Any, room: str | list[str], skip: str | None = None
     ) -> None:
         # What AsyncServer.emit does for a room, less its task per socket (to 1000 sockets the
-        # tasks cost about a sixth of the fan-out): encode the packet once, then queue it to
-        # each socket in turn (an Engine.IO socket's queue never blocks).
+        # tasks cost about a sixth of the fan-out) and its task for the emit: encode the
+        # packet once, then put it in each socket's queue in turn, in one go.
         message = self._packet(event, data)
         skipped = {sid for sid, _ in self.sio.manager.get_participants("/", skip)} if skip else ()
         for sid, eio_sid in self.sio.manager.get_participants("/", room):
@@ -314,11 +315,13 @@ class Events:
             if held is not None:
                 held.append(message)
             else:
-                await self._deliver(eio_sid, message)
+                self._deliver(eio_sid, message)
 
-    async def _deliver(self, eio_sid: str, message: eio_packet.Packet) -> None:
-        """Queue a packet to a socket; a socket that left over MAX_QUEUED bytes unread is
-        dropped instead, and its queue freed."""
+    def _deliver(self, eio_sid: str, message: eio_packet.Packet) -> None:
+        """Queue a packet to a socket (what AsyncSocket.send does, without a coroutine:
+        the queue has no bound, so putting never waits). A socket that left over
+        MAX_QUEUED bytes unread is dropped instead, and its queue freed; one whose client
+        stopped answering pings goes to the library, which closes it."""
         socket = self.sio.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
@@ -326,9 +329,12 @@ class Events:
             log.warning("a socket left %d bytes of events unread: dropped", socket.queue.bytes)
             socket.queue.clear()
             self.transports.cut(eio_sid, self.sio.environ.get(eio_sid))
-            await socket.close(wait=False, abort=True, reason=self.sio.eio.reason.TRANSPORT_ERROR)
-            return
-        await socket.send(message)
+            reason = self.sio.eio.reason.TRANSPORT_ERROR
+            self.later(socket.close(wait=False, abort=True, reason=reason))
+        elif socket.last_ping and time.time() - socket.last_ping > self.sio.eio.ping_timeout:
+            self.later(socket.send(message))
+        else:
+            socket.queue.put_nowait(message)
 
     def _sids(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants("/", room)]
@@ -344,6 +350,7 @@ class Events:
             await self.sio.leave_room(sid, room)
 
     async def drain(self) -> None:
+        await asyncio.sleep(0)  # the fan-outs already asked for (Events._send) run first
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

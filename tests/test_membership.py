@@ -51,6 +51,27 @@ async def test_getchannelmembers_errors(api, snapshot, body, expected):
     assert snapshot() == before
 
 
+async def test_getchannels_follows_every_membership_change_at_once(api):
+    """Each user's channel list is kept in memory: every change is seen by the next call."""
+    alice, bob, carol, general_id = await setup_general(api)
+
+    async def channels(token):
+        status, body = await api.post("getchannels", {"token": token})
+        return [c["channel_name"] for c in body["channels"]] if status == 200 else status
+
+    assert await channels(bob) == ["general"]  # read, and kept
+    random_id = await api.channel(alice, "random", "bob")
+    assert await channels(bob) == ["general", "random"]
+    await api.ok("leavechannel", {"token": bob, "name": "general"})
+    assert await channels(bob) == ["random"]
+    await api.ok("removeuserfromchannel", {"token": alice, "name": "random", "username": "bob"})
+    assert await channels(bob) == 404
+    assert await channels(alice) == ["general", "random"]
+    await api.ok("addusertochannel", {"token": alice, "name": "random", "username": "carol"})
+    assert await channels(carol) == ["general", "random"]
+    assert general_id < random_id
+
+
 # --- leavechannel -----------------------------------------------------------------------
 
 
