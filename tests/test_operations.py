@@ -302,15 +302,21 @@ def test_access_lines_wait_in_a_bounded_line_and_drops_are_told():
     lines = AccessLines(stream, cap=2)
     at = time.mktime((2026, 11, 29, 12, 30, 5, 0, 0, -1)) + 0.25
     for n in range(5):
-        lines.add((at, "10.0.0.1", "POST", f"/api/v3/login/?n={n}", HttpVersion11, 200, 42, 0.0015, "ua"))
+        lines.add(
+            (at, "10.0.0.1", "POST", f"/api/v3/login/?n={n}", HttpVersion11, 200, 42, 0.0015, "ua")
+        )
     assert len(lines.waiting) == 2
     lines.write()
     assert stream.getvalue().splitlines()[:2] == [
         f'2026-11-29 12:30:05,250 INFO aiohttp.access: 10.0.0.1 "POST /api/v3/login/?n={n} HTTP/1.1" 200 42 0.001500s "ua"'
         for n in (0, 1)
     ]
-    assert stream.getvalue().splitlines()[2].endswith(
-        " WARNING aiohttp.access: 3 lines dropped (the log could not be written fast enough)"
+    assert (
+        stream.getvalue()
+        .splitlines()[2]
+        .endswith(
+            " WARNING aiohttp.access: 3 lines dropped (the log could not be written fast enough)"
+        )
     )
     assert len(stream.getvalue().splitlines()) == 3 and not lines.waiting
 
