@@ -392,7 +392,9 @@ BODY_DECODER = json.JSONDecoder(
 
 async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content.is_eof():  # the whole body came with the headers (the usual case)
-        raw = await request.read()  # over client_max_size: 413
+        raw = request.content.read_nowait()
+        if len(raw) > request.client_max_size:
+            raise web.HTTPRequestEntityTooLarge(request.client_max_size, len(raw))
     else:
         try:
             async with asyncio.timeout(request.app[config_key].request_timeout):

@@ -297,7 +297,9 @@ class Events:
 
     def _packet(self, event: str, data: Any) -> eio_packet.Packet:
         """The Engine.IO packet of a Socket.IO event, encoded once for every socket."""
-        packet = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
+        packet = self.sio.packet_class(  # never binary: not looked for in every value
+            sio_packet.EVENT, namespace="/", data=[event, data], binary=False
+        )
         return eio_packet.Packet(eio_packet.MESSAGE, packet.encode())
 
     def _fan_out(
@@ -306,9 +308,12 @@ class Events:
         # What AsyncServer.emit does for a room, less its task per socket (to 1000 sockets the
         # tasks cost about a sixth of the fan-out) and its task for the emit: encode the
         # packet once, then put it in each socket's queue in turn, in one go.
+        recipients = list(self.sio.manager.get_participants("/", room))
+        if not recipients:  # nobody to tell: nothing to encode
+            return
         message = self._packet(event, data)
         skipped = {sid for sid, _ in self.sio.manager.get_participants("/", skip)} if skip else ()
-        for sid, eio_sid in self.sio.manager.get_participants("/", room):
+        for sid, eio_sid in recipients:
             if sid in skipped:
                 continue
             held = self._held.get(eio_sid)

@@ -695,11 +695,13 @@ METRICS = False  # --metrics: also (a) on a second real server with Prometheus m
 
 
 async def start_real_server(
-    procs: Processes, name: str, db_path: Path, *, metered: bool = False
-) -> Server:
+    procs: Processes, name: str, db_path: Path, *, metered: bool = False,
+    settings: dict[str, str] | None = None,
+) -> Server:  # fmt: skip
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUTTONAPI_", "DISCORD_"))}
     env.update(SERVER_ENV)
+    env.update(settings or {})
     metrics = ["--metrics-port", str(free_port())] if metered else []
     proc = await procs.start(
         name, "buttonapi.py", "--port", str(port), "--db", str(db_path), *metrics, env=env,
@@ -968,22 +970,28 @@ async def measure_presence(
 
 async def measure_http(
     procs: Processes, tmp: Path, size: dict, load: Load, real: Server, floor: Server,
-    tokens: dict[str, str], metered: Server | None = None,
+    tokens: dict[str, str], others: dict[str, Server],
 ) -> dict[str, Any]:  # fmt: skip
     """(a), (b), (c) beside the floor: a warm-up each, then three rounds of every target in
-    turn (so that a drift of the machine hits them all alike)."""
+    turn (so that a drift of the machine hits them all alike). `others`: "quiet", a server
+    with its access log off, and (--metrics) "metered", one with metrics on, each on a copy
+    of the database."""
     token = tokens["user1"]
     read = body(token=token, name="reads", count=50)
     targets = {
         "floor": (floor, "/", read),
+        "channels": (real, "/api/v3/getchannels/", body(token=token)),
         "read": (real, "/api/v3/readmessagesfromchannel/", read),
         "write": (real, "/api/v3/sendmessage/", body(
             token=token, channel="writes", message="A benchmark message of an ordinary length.")),
         "dm": (real, "/api/v3/senddm/", body(
             token=token, username="user2", message="A benchmark DM of an ordinary length.")),
     }  # fmt: skip
-    if metered:  # (a) again, on a copy of the database served with metrics on
-        targets["read_metrics"] = (metered, "/api/v3/readmessagesfromchannel/", read)
+    quiet = others["quiet"]  # (a) again with the access log off: what the log costs
+    targets["channels_quiet"] = (quiet, "/api/v3/getchannels/", body(token=token))
+    targets["read_quiet"] = (quiet, "/api/v3/readmessagesfromchannel/", read)
+    if "metered" in others:  # (a) again, on a copy of the database served with metrics on
+        targets["read_metrics"] = (others["metered"], "/api/v3/readmessagesfromchannel/", read)
     # (b): 3 of the 10 members of `writes` have a live socket (they receive every message).
     live = [tokens[f"user{i}"] for i in (2, 3, 4)]
     sockets = SocketWorkers(procs, tmp)
@@ -1153,6 +1161,13 @@ def figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
         ):
             r = http[key]
             row(key, what, r["rps"]["median"], "req/s", spread(r["rps"]),
+                r["ratio"]["median"], "floor")  # fmt: skip
+        for key, what in (
+            ("channels_quiet", "(a) getchannels, access log off"),
+            ("read_quiet", "(a) readmessagesfromchannel, access log off"),
+        ):
+            r = http[key]
+            row(None, what, r["rps"]["median"], "req/s", spread(r["rps"]),
                 r["ratio"]["median"], "floor")  # fmt: skip
         if "read_metrics" in http:
             r = http["read_metrics"]
@@ -1339,11 +1354,19 @@ async def run_phases(
             path = tmp / f"{name}.db"
             size_dbs[name] = (path, await asyncio.to_thread(seed, path, size[name], 0))
     log("starting the server, the floor and the bare socket.io server")
-    metered = None
-    if METRICS and "http" in phases:  # a copy, made before any server opens the database
+    others = {}  # servers of copies, made before any server opens the database
+    if "http" in phases:
+        await asyncio.to_thread(shutil.copyfile, main_db, tmp / "quiet.db")
+        others["quiet"] = await start_real_server(
+            procs, "quiet", tmp / "quiet.db", settings={"BUTTONAPI_ACCESS_LOG": "0"}
+        )
+    if METRICS and "http" in phases:
         await asyncio.to_thread(shutil.copyfile, main_db, tmp / "metered.db")
-        metered = await start_real_server(procs, "metered", tmp / "metered.db", metered=True)
-        await metered.wait_listening()
+        others["metered"] = await start_real_server(
+            procs, "metered", tmp / "metered.db", metered=True
+        )
+    for server in others.values():
+        await server.wait_listening()
     real = await start_real_server(procs, "server", main_db)
     floor = await start_worker_server(procs, "floor")
     bare = await start_worker_server(procs, "bare-sio")
@@ -1357,11 +1380,11 @@ async def run_phases(
     if "many" in phases:
         results["many"] = await measure_fanout(procs, tmp, size, real, bare, tokens, public=True)
     if "http" in phases:
-        results["http"] = await measure_http(procs, tmp, size, load, real, floor, tokens, metered)
+        results["http"] = await measure_http(procs, tmp, size, load, real, floor, tokens, others)
     if "logins" in phases:
         log("(e) reads alone and during logins")
         results["logins"] = await measure_logins(size, load, real, tokens)
-    stopping = [real, floor, bare] + ([metered] if metered else [])
+    stopping = [real, floor, bare, *others.values()]
     await asyncio.gather(*(procs.stop(server.proc) for server in stopping))
     if "sizes" in phases:
         log(f"(f) reads from {size['small']} and {size['large']} stored messages")
