@@ -15,9 +15,12 @@ Every piece runs in its own process, started by this one (the orchestrator):
   generator (`bench.py load`); 64 connections, a warm-up, three runs, median and spread;
 - Socket.IO clients: raw WebSocket clients that speak Engine.IO v4 / Socket.IO v5 by hand and
   only timestamp what they receive, in two processes (`bench.py sockets`).
+Every server runs on CPU 0 and every load process on the other CPUs (when there are two or
+more): a server never shares its core with its own load.
 
-The measurements (issue 6; TARGETS below holds its targets):
-(a) readmessagesfromchannel, count 50, channel of 100k messages; (b) sendmessage to a channel
+The measurements (issues 6 and 19; TARGETS below holds their targets):
+(a) getchannels (a token read) and readmessagesfromchannel, count 50, channel of 100k
+messages, each also on a copy of the server with its access log off; (b) sendmessage to a channel
 of 10 members, 3 with live sockets; (c) senddm: req/s, ratio to the floor, per round;
 (d) fan-out: time from sendmessage to the last of 1000 sockets' new_message, p50/p99 of 50
 sends, beside the bare server (sends alternate); (e) p99 of back-to-back reads while 16
@@ -25,7 +28,9 @@ connections log in over and over (bcrypt cost 12); (f) p50 of back-to-back reads
 10k vs 1M messages, and searchmessages there (a common word: the newest 50 of every message;
 a rare one: one match, every shard of the index walked); (g) the server's VmRSS idle, and per
 socket with 1000 idle sockets; (h) presence: from a user's first socket connecting to the last
-of the 1000 members of its channel receiving `presence`.
+of the 1000 members of its channel receiving `presence`; (i) a public message
+(senddcmsgwithtoken) to 10,000 sockets of users in no channel: time to the last delivery, and
+the server's VmRSS with them, beside the bare server.
 """
 
 from __future__ import annotations
