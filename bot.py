@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import secrets
@@ -39,9 +40,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
-import discord
-import discord.gateway
-import discord.http
 import yarl
 
 import db
@@ -66,7 +64,22 @@ GLOBAL = "global"  # rate-limit hold keys: GLOBAL, DM_CREATE or a Discord channe
 DM_CREATE = "dm-create"
 _CHANNEL_PATH = re.compile(r"/channels/(\d+)")
 _WEBHOOK_PATH = re.compile(r"/webhooks/(\d+)")
-NO_MENTIONS = discord.AllowedMentions.none()
+
+# discord.py, imported when a bridge first starts (load_discord): a server without Discord
+# never pays for it (about 9 MB of memory).
+discord: Any = None
+
+
+def load_discord() -> None:
+    global discord
+    import discord
+    import discord.gateway
+    import discord.http
+
+
+def no_mentions() -> Any:
+    """A post's allowed mentions: none (a message can not ping anyone on Discord)."""
+    return discord.AllowedMentions.none()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +263,7 @@ class Webhooks:
                 sent = await webhook.send(
                     webhook_text(row),
                     username=row["username"],
-                    allowed_mentions=NO_MENTIONS,
+                    allowed_mentions=no_mentions(),
                     wait=True,
                 )
             except discord.HTTPException as exc:
@@ -272,7 +285,9 @@ class Webhooks:
             raise Gone(f"webhook {webhook_id} of channel {channel_id} is gone")
         try:
             await webhook.edit_message(
-                row["discord_message_id"], content=webhook_text(row), allowed_mentions=NO_MENTIONS
+                row["discord_message_id"],
+                content=webhook_text(row),
+                allowed_mentions=no_mentions(),
             )
         except discord.NotFound as exc:
             if exc.code == 10015:  # Unknown Webhook
@@ -584,7 +599,9 @@ class Outbox:
             if posted is not None:
                 return posted
             channel = self.client.get_partial_messageable(channel_id)
-        sent = await channel.send(row["content"], nonce=row["nonce"], allowed_mentions=NO_MENTIONS)
+        sent = await channel.send(
+            row["content"], nonce=row["nonce"], allowed_mentions=no_mentions()
+        )
         return channel.id, sent.id, None, sent.content == row["content"]
 
     async def _edit(self, row: db.Row) -> None:
@@ -595,7 +612,7 @@ class Outbox:
             return
         channel = self.client.get_partial_messageable(row["discord_channel_id"])
         message = channel.get_partial_message(row["discord_message_id"])
-        await message.edit(content=row["content"], allowed_mentions=NO_MENTIONS)
+        await message.edit(content=row["content"], allowed_mentions=no_mentions())
 
     async def _delete(self, row: db.Row) -> None:
         """Delete a copy on Discord (through the webhook that posted it, if one did)."""
@@ -630,41 +647,47 @@ class Outbox:
         self._resolve([row["nonce"]], Outcome.QUEUED)
 
 
-class _Client(discord.Client):
-    """The discord.py client; every event is handed to the Bridge."""
+@functools.cache
+def client_class() -> type:
+    """The discord.py client's class (made once discord.py is loaded)."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        intents = discord.Intents.none()
-        intents.guilds = True
-        intents.guild_messages = True
-        intents.dm_messages = True
-        intents.message_content = True  # privileged: enabled in the developer portal
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(bridge.outbox.request_ended)
-        super().__init__(
-            intents=intents,
-            allowed_mentions=discord.AllowedMentions.none(),
-            guild_ready_timeout=bridge.timing.guild_ready_timeout,
-            max_ratelimit_timeout=30.0,  # longer 429s raise RateLimited: the outbox waits
-            max_messages=None,
-            http_trace=trace,
-        )
-        self.bridge = bridge
+    class Client(discord.Client):
+        """The discord.py client; every event is handed to the Bridge."""
 
-    async def setup_hook(self) -> None:
-        await self.bridge.logged_in(self)
+        def __init__(self, bridge: Bridge) -> None:
+            intents = discord.Intents.none()
+            intents.guilds = True
+            intents.guild_messages = True
+            intents.dm_messages = True
+            intents.message_content = True  # privileged: enabled in the developer portal
+            trace = aiohttp.TraceConfig()
+            trace.on_request_end.append(bridge.outbox.request_ended)
+            super().__init__(
+                intents=intents,
+                allowed_mentions=no_mentions(),
+                guild_ready_timeout=bridge.timing.guild_ready_timeout,
+                max_ratelimit_timeout=30.0,  # longer 429s raise RateLimited: the outbox waits
+                max_messages=None,
+                http_trace=trace,
+            )
+            self.bridge = bridge
 
-    async def on_ready(self) -> None:
-        self.bridge.connection_changed(self, True)
+        async def setup_hook(self) -> None:
+            await self.bridge.logged_in(self)
 
-    async def on_resumed(self) -> None:
-        self.bridge.connection_changed(self, True)
+        async def on_ready(self) -> None:
+            self.bridge.connection_changed(self, True)
 
-    async def on_disconnect(self) -> None:
-        self.bridge.connection_changed(self, False)
+        async def on_resumed(self) -> None:
+            self.bridge.connection_changed(self, True)
 
-    async def on_message(self, message: discord.Message) -> None:
-        self.bridge.received(message)
+        async def on_disconnect(self) -> None:
+            self.bridge.connection_changed(self, False)
+
+        async def on_message(self, message: discord.Message) -> None:
+            self.bridge.received(message)
+
+    return Client
 
 
 class Bridge:
@@ -694,7 +717,7 @@ class Bridge:
         self.gateway_url = gateway_url
         self.timing = timing or Timing()
         self.outbox = Outbox(database, self.timing, self.bridged_channel)
-        self.client: _Client | None = None
+        self.client: Any = None  # the discord.py client (client_class)
         self.ever_ready = False
         self._connected = False
         self._closing = False
@@ -724,6 +747,7 @@ class Bridge:
 
     async def __aenter__(self) -> Bridge:
         if self.enabled:
+            load_discord()
             self._saved_urls = point_discord_py(self.api_base, self.gateway_url)
             self._consumer = asyncio.create_task(self._consume(), name="discord-inbound")
             self._runner = asyncio.create_task(self._run(), name="discord-client")
@@ -754,7 +778,7 @@ class Bridge:
         (Discord unreachable at login, a fatal close), start a fresh client after a pause."""
         failures = 0
         while not self._closing:
-            client = self.client = _Client(self)
+            client = self.client = client_class()(self)
             self.outbox.use(client)
             try:
                 await client.start(self.token)
@@ -781,14 +805,14 @@ class Bridge:
 
     # --- the client's events -----------------------------------------------------------------
 
-    async def logged_in(self, client: _Client) -> None:
+    async def logged_in(self, client: Any) -> None:
         """setup_hook: REST works from here; the outbox resumes every destination."""
         if self.api_base and not self.gateway_url:  # a custom REST base names its gateway
             _shards, url, _limits = await client.http.get_bot_gateway()
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         await self.outbox.resume()
 
-    def connection_changed(self, client: _Client, connected: bool) -> None:
+    def connection_changed(self, client: Any, connected: bool) -> None:
         """The gateway is ready (or resumed), or it disconnected."""
         if client is not self.client:
             return

@@ -5,9 +5,11 @@ kill -9), the database in WAL mode, and logs without secrets.
 import logging
 import signal
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 
-from helpers import PASSWORD, free_port, http, msg
+from helpers import PASSWORD, ROOT, free_port, http, msg
 
 # --- `python buttonapi.py` as a real process --------------------------------------------------
 
@@ -89,3 +91,11 @@ async def test_logs_hold_no_password_or_token(api, caplog):
     logged = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records)
     for secret in (password, "Wr0ng!Pass", token):
         assert secret not in logged
+
+
+def test_a_server_without_discord_never_loads_discord_py():
+    """discord.py is loaded when a bridge starts (about 9 MB a server without Discord
+    would hold for nothing)."""
+    code = "import sys, buttonapi; print('discord' in sys.modules, 'bot' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.split() == ["False", "True"], done.stderr
