@@ -866,7 +866,6 @@ async def measure_fanout(
     POST /emit) to the moment the last socket has the event; the server's memory meanwhile.
     `public` (i): many more sockets, of users in no channel, and `senddcmsgwithtoken` (the
     public feed, to every signed-in socket) instead."""
-    import aiohttp
 
     n, first = (size["many_sockets"], 11 + size["sockets"]) if public else (size["sockets"], 11)
     sends = size["many_sends"] if public else size["sends"]
@@ -892,28 +891,13 @@ async def measure_fanout(
     await workers.start(specs)
     await asyncio.sleep(size["rss_wait"])  # connection handling settles first
     rss_with = {"real": real.rss_kb(), "bare": bare.rss_kb()}
-    latencies: dict[str, list[float]] = {"real": [], "bare": []}
-    missing = {"real": 0, "bare": 0}
-    token = tokens["user1"]
     log(f"{step} {sends} sends to each, alternating")
-    async with aiohttp.ClientSession() as http:
-        for i in range(sends):
-            for target, url, payload in (
-                ("real", f"http://{real.address}/api/v3/{send_path}/",
-                 {"token": token, **send_fields, "message": f"fanout {i}"}),
-                ("bare", f"http://{bare.address}/emit", {"message": f"fanout {i}"}),
-            ):  # fmt: skip
-                futures = workers.expect(target, i, len(specs))
-                started = time.monotonic()
-                async with http.post(url, json=payload) as response:
-                    if response.status != 200:
-                        raise RuntimeError(f"{target} answered {response.status}")
-                done, _ = await asyncio.wait(futures, timeout=20)
-                if len(done) < len(futures):
-                    missing[target] += 1
-                else:
-                    latencies[target].append((max(f.result() for f in futures) - started) * 1000)
-                await asyncio.sleep(0.1)
+    targets = {
+        "real": (f"http://{real.address}/api/v3/{send_path}/",
+                 {"token": tokens["user1"], **send_fields}),
+        "bare": (f"http://{bare.address}/emit", {}),
+    }  # fmt: skip
+    latencies, missing = await time_sends(workers, targets, sends, len(specs))
     if not public:
         presence = await measure_presence(workers, size, real, tokens["user1"], len(specs))
     stats = await workers.stop()
@@ -933,6 +917,32 @@ async def measure_fanout(
             "kb_per_socket": (rss_with[target] - rss_before[target]) / n,
         }
     return result
+
+
+async def time_sends(
+    workers: SocketWorkers, targets: dict[str, tuple[str, dict]], sends: int, processes: int
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """`sends` POSTs to each target in turn (URL, fields; the text is `fanout N`), each timed
+    to the moment the last socket has it: ({target: ms}, {target: sends some socket missed})."""
+    import aiohttp
+
+    latencies: dict[str, list[float]] = {target: [] for target in targets}
+    missing = dict.fromkeys(targets, 0)
+    async with aiohttp.ClientSession() as http:
+        for i in range(sends):
+            for target, (url, fields) in targets.items():
+                futures = workers.expect(target, i, processes)
+                started = time.monotonic()
+                async with http.post(url, json={**fields, "message": f"fanout {i}"}) as answer:
+                    if answer.status != 200:
+                        raise RuntimeError(f"{target} answered {answer.status}")
+                done, _ = await asyncio.wait(futures, timeout=20)
+                if len(done) < len(futures):
+                    missing[target] += 1
+                else:
+                    latencies[target].append((max(f.result() for f in futures) - started) * 1000)
+                await asyncio.sleep(0.1)
+    return latencies, missing
 
 
 async def measure_presence(
@@ -1135,63 +1145,54 @@ async def measure_sizes(
 # --- the report -------------------------------------------------------------------------
 
 
-def figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
-    """One row per figure: what, value, spread, ratio and reference, target, pass."""
+def figure(key: str | None, what: str, value: float, unit: str, spread: str = "",
+           ratio: float | None = None, reference: str = "") -> dict[str, Any]:  # fmt: skip
+    """One row: what, value, spread, ratio and reference, target and pass (TARGETS[key])."""
+    target, test = TARGETS.get(key, ("", None)) if key else ("", None)
+    judged = ratio if ratio is not None and "×" in target else value
+    return {
+        "id": key, "what": what, "value": value, "unit": unit, "spread": spread,
+        "ratio": ratio, "reference": reference, "target": target,
+        "pass": None if test is None else bool(test(judged)),
+    }  # fmt: skip
+
+
+def spread(s: dict[str, float], fmt: str = "{:.0f}") -> str:
+    return f"{fmt.format(s['min'])}–{fmt.format(s['max'])}"
+
+
+def http_figures(http: dict[str, Any], size: dict) -> list[dict[str, Any]]:
+    """(a), (b), (c): each beside the floor (the metrics run beside (a))."""
+    floor = http["floor"]["rps"]
+    rows = [figure(None, "floor: bare aiohttp POST, JSON in and out", floor["median"], "req/s",
+                   spread(floor))]  # fmt: skip
+    k = count(size["read_messages"])
+    for key, judged, what in (
+        ("channels", True, "(a) getchannels (a token read)"),
+        ("read", True, f"(a) readmessagesfromchannel, 50 of {k}"),
+        ("write", True, "(b) sendmessage, 10 members, 3 sockets"),
+        ("dm", True, "(c) senddm"),
+        ("channels_quiet", False, "(a) getchannels, access log off"),
+        ("read_quiet", False, "(a) readmessagesfromchannel, access log off"),
+        ("read_metrics", False, "(a) with metrics on (--metrics-port)"),
+    ):
+        if key in http:
+            r = http[key]
+            rows.append(figure(key if judged else None, what, r["rps"]["median"], "req/s",
+                               spread(r["rps"]), r["ratio"]["median"],
+                               "(a)" if key == "read_metrics" else "floor"))  # fmt: skip
+    return rows
+
+
+def storage_figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
+    """(e) and (f)."""
     rows = []
-
-    def row(key: str | None, what: str, value: float, unit: str, spread: str = "",
-            ratio: float | None = None, reference: str = "") -> None:  # fmt: skip
-        target, test = TARGETS.get(key, ("", None)) if key else ("", None)
-        judged = ratio if ratio is not None and "×" in target else value
-        rows.append({
-            "id": key, "what": what, "value": value, "unit": unit, "spread": spread,
-            "ratio": ratio, "reference": reference, "target": target,
-            "pass": None if test is None else bool(test(judged)),
-        })  # fmt: skip
-
-    def spread(s: dict[str, float], fmt: str = "{:.0f}") -> str:
-        return f"{fmt.format(s['min'])}–{fmt.format(s['max'])}"
-
-    http = results.get("http")
-    if http:
-        floor = http["floor"]["rps"]
-        row(None, "floor: bare aiohttp POST, JSON in and out", floor["median"], "req/s",
-            spread(floor))  # fmt: skip
-        k = count(size["read_messages"])
-        for key, what in (
-            ("channels", "(a) getchannels (a token read)"),
-            ("read", f"(a) readmessagesfromchannel, 50 of {k}"),
-            ("write", "(b) sendmessage, 10 members, 3 sockets"),
-            ("dm", "(c) senddm"),
-        ):
-            r = http[key]
-            row(key, what, r["rps"]["median"], "req/s", spread(r["rps"]),
-                r["ratio"]["median"], "floor")  # fmt: skip
-        for key, what in (
-            ("channels_quiet", "(a) getchannels, access log off"),
-            ("read_quiet", "(a) readmessagesfromchannel, access log off"),
-        ):
-            r = http[key]
-            row(None, what, r["rps"]["median"], "req/s", spread(r["rps"]),
-                r["ratio"]["median"], "floor")  # fmt: skip
-        if "read_metrics" in http:
-            r = http["read_metrics"]
-            row(None, "(a) with metrics on (--metrics-port)", r["rps"]["median"], "req/s",
-                spread(r["rps"]), r["ratio"]["median"], "(a)")  # fmt: skip
-    fan = results.get("fanout")
-    if fan:
-        n = fan["sockets"]
-        for q in ("p50", "p99"):
-            real, bare = fan["real"][f"{q}_ms"], fan["bare"][f"{q}_ms"]
-            row(f"fanout_{q}", f"(d) fan-out to {n} sockets, {q}", real, "ms",
-                f"bare {bare:.0f} ms", real / bare, "bare")  # fmt: skip
-    logins = results.get("logins")
-    if logins:
+    if logins := results.get("logins"):
         p99 = logins["p99_ms"]
-        row("login_p99", f"(e) read p99 during {LOGINS} logins", p99["median"], "ms",
-            spread(p99, "{:.1f}"), p99["median"] / logins["alone_p99_ms"], "alone")  # fmt: skip
-    sizes = results.get("sizes")
-    if sizes:
+        rows.append(figure("login_p99", f"(e) read p99 during {LOGINS} logins", p99["median"],
+                           "ms", spread(p99, "{:.1f}"), p99["median"] / logins["alone_p99_ms"],
+                           "alone"))  # fmt: skip
+    if sizes := results.get("sizes"):
         small, large = count(size["small"]), count(size["large"])
         for variant, key, what in (
             ("newest", "size_newest", "read p50, newest page"),
@@ -1201,30 +1202,50 @@ def figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
         ):
             s = sizes[f"small_{variant}"]["p50_ms"]
             g = sizes[f"large_{variant}"]["p50_ms"]
-            row(key, f"(f) {what}, {large} vs {small}", g["median"], "ms",
-                f"{small}: {s['median']:.2f} ms", sizes[f"ratio_{variant}"], "small")  # fmt: skip
-    if fan and fan.get("presence", {}).get("online_ms"):
-        p = fan["presence"]
-        row(None, f"(h) presence fan-out to {n} channel members, p50", p["online_p50_ms"], "ms",
-            f"offline past 5 s: {p['offline_p50_ms']:.1f} ms")  # fmt: skip
-    many = results.get("many")
-    if many:
-        m = count(many["sockets"])
-        real, bare = many["real"], many["bare"]
+            rows.append(figure(key, f"(f) {what}, {large} vs {small}", g["median"], "ms",
+                               f"{small}: {s['median']:.2f} ms", sizes[f"ratio_{variant}"],
+                               "small"))  # fmt: skip
+    return rows
+
+
+def socket_figures(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """(d), (h), (i) and (g), by letter."""
+    rows: dict[str, list[dict[str, Any]]] = {"d": [], "h": [], "i": [], "g": []}
+    if fan := results.get("fanout"):
+        n, real, bare = fan["sockets"], fan["real"], fan["bare"]
+        for q in ("p50", "p99"):
+            mine, theirs = real[f"{q}_ms"], bare[f"{q}_ms"]
+            what = f"(d) fan-out to {n} sockets, {q}"
+            rows["d"].append(figure(f"fanout_{q}", what, mine, "ms", f"bare {theirs:.0f} ms",
+                                    mine / theirs, "bare"))  # fmt: skip
+        if (p := fan.get("presence", {})).get("online_ms"):
+            rows["h"].append(figure(None, f"(h) presence fan-out to {n} channel members, p50",
+                                    p["online_p50_ms"], "ms",
+                                    f"offline past 5 s: {p['offline_p50_ms']:.1f} ms"))  # fmt: skip
+        rows["g"] = [
+            figure("rss_idle", "(g) server RSS idle", results["rss_idle_kb"] / 1024, "MB",
+                   f"bare {results['bare_rss_idle_kb'] / 1024:.1f} MB"),
+            figure("rss_socket", f"(g) RSS per idle socket ({n})", real["kb_per_socket"], "KB",
+                   f"bare {bare['kb_per_socket']:.1f} KB"),
+        ]  # fmt: skip
+    if many := results.get("many"):
+        m, real, bare = count(many["sockets"]), many["real"], many["bare"]
         for q in ("p50", "max"):
             mine, theirs = real[f"{q}_ms"], bare[f"{q}_ms"]
-            row(None, f"(i) public message to {m} sockets, {q}", mine, "ms",
-                f"bare {theirs:.0f} ms", mine / theirs, "bare")  # fmt: skip
-        row(None, f"(i) RSS with {m} sockets", real["rss_with_sockets_kb"] / 1024, "MB",
-            f"bare {bare['rss_with_sockets_kb'] / 1024:.0f} MB",
-            real["rss_with_sockets_kb"] / bare["rss_with_sockets_kb"], "bare")  # fmt: skip
-    if fan:
-        real, bare = fan["real"], fan["bare"]
-        row("rss_idle", "(g) server RSS idle", results["rss_idle_kb"] / 1024, "MB",
-            f"bare {results['bare_rss_idle_kb'] / 1024:.1f} MB")  # fmt: skip
-        row("rss_socket", f"(g) RSS per idle socket ({n})", real["kb_per_socket"], "KB",
-            f"bare {bare['kb_per_socket']:.1f} KB")  # fmt: skip
+            rows["i"].append(figure(None, f"(i) public message to {m} sockets, {q}", mine, "ms",
+                                    f"bare {theirs:.0f} ms", mine / theirs, "bare"))  # fmt: skip
+        mine, theirs = real["rss_with_sockets_kb"], bare["rss_with_sockets_kb"]
+        rows["i"].append(figure(None, f"(i) RSS with {m} sockets", mine / 1024, "MB",
+                                f"bare {theirs / 1024:.0f} MB", mine / theirs, "bare"))  # fmt: skip
     return rows
+
+
+def figures(results: dict[str, Any], size: dict) -> list[dict[str, Any]]:
+    """One row per figure, in the report's order."""
+    sockets = socket_figures(results)
+    http = http_figures(results["http"], size) if "http" in results else []
+    return [*http, *sockets["d"], *storage_figures(results, size), *sockets["h"],
+            *sockets["i"], *sockets["g"]]  # fmt: skip
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
