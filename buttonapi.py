@@ -1775,11 +1775,19 @@ class AccessLines:
 class LeanAccessLog(AbstractAccessLogger):
     """aiohttp's hook for the access log, handing each request's fields to `AccessLines`
     (run_app passes it as the "logger"): aiohttp's own access logger interprets a format
-    string and builds a log record with a dict of extra fields for every request."""
+    string and builds a log record with a dict of extra fields for every request. aiohttp
+    makes one per connection, so the peer's address is looked up once per connection (it
+    was a third of this method's time)."""
+
+    def __init__(self, logger: Any, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self.remote: str | None = None
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
+        if self.remote is None:
+            self.remote = request.remote
         self.logger.add((  # type: ignore[attr-defined]
-            time.time(), request.remote, request.method, request.raw_path, request.version,
+            time.time(), self.remote, request.method, request.raw_path, request.version,
             response.status, response.body_length, seconds,
             request.headers.get("User-Agent", "-"),
         ))  # fmt: skip
