@@ -207,7 +207,7 @@ class Cache:
 
 
 class Caches:
-    """The three caches of reads, and the TEMP triggers that tell them what a write changed.
+    """The caches of reads, and the TEMP triggers that tell them what a write changed.
 
     - `tokens`: user_by_token's (token: user); every key goes when a user row or a ban
       changes. A banned user's token is never kept.
